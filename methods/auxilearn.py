@@ -1,0 +1,124 @@
+"""AuxiLearn (Navon, Achituve, Maron, Chechik, Fetaya; "Auxiliary Learning by Implicit Differentiation",
+ICLR 2021, Eq. 4-5 and Alg. 1).
+
+An auxiliary network h_φ maps the K per-task losses to one training loss, L_T = L_main + h_φ(L_1..L_K)
+(nonlinear: K → 3 → 3 → 1 with Softplus, as in the official AuxiNash code) or L_T = Σ_k φ_k L_k (linear,
+φ initialised to 1). Its weights are kept non-negative (monotone in every loss) by clamping. φ follows the
+implicit hypergradient of the main-task loss on a meta-validation batch, dL_V/dφ = −∇_θL_Vᵀ H⁻¹ ∂²L_T/∂θ∂φ
+(truncated Neumann series, 3 terms, scale 1e-4, over the shared parameters), clipped to norm 25, with SGD
+(lr 5e-3, momentum 0.9, weight decay 5e-4): the official code's settings.
+
+``weights`` reports ∂L_T/∂L_k at the current losses: the per-task weights the network applies this step.
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import torch
+from torch import nn
+
+from .base import WeightMethod
+from .implicit import implicit_hypergradient
+
+
+class AuxiliaryNetwork(nn.Module):
+    """Monotone loss combiner: ``linear`` → Σ φ_k L_k; otherwise L_main + MLP(L) with non-negative weights."""
+
+    def __init__(self, n_tasks: int, main_task: int, linear: bool, hidden_sizes: Sequence[int] = (3, 3)) -> None:
+        super().__init__()
+        self.main_task = main_task
+        self.linear = linear
+        if linear:
+            self.net = nn.Linear(n_tasks, 1, bias=False)
+            nn.init.constant_(self.net.weight, 1.0)
+        else:
+            dims = [n_tasks, *hidden_sizes]
+            layers: list[nn.Module] = []
+            for d_in, d_out in zip(dims[:-1], dims[1:]):
+                layer = nn.Linear(d_in, d_out)
+                nn.init.uniform_(layer.weight, 0.0, 1.0)
+                nn.init.zeros_(layer.bias)
+                layers += [layer, nn.Softplus()]
+            last = nn.Linear(dims[-1], 1, bias=False)
+            nn.init.uniform_(last.weight, 0.0, 1.0)
+            self.net = nn.Sequential(*layers, last)
+
+    def forward(self, losses: torch.Tensor) -> torch.Tensor:
+        combined = self.net(losses).squeeze(-1)
+        return combined if self.linear else combined + losses[self.main_task]
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.clamp_(min=0)
+
+
+class AuxiLearn(WeightMethod):
+    """A learned auxiliary network combines the losses; it is trained on the main task's validation loss."""
+
+    def __init__(
+        self,
+        n_tasks: int,
+        main_task: int = 0,
+        device=None,
+        linear: bool = False,
+        hidden_sizes: Sequence[int] = (3, 3),
+        meta_lr: float = 5e-3,
+        meta_momentum: float = 0.9,
+        meta_weight_decay: float = 5e-4,
+        neumann_terms: int = 3,
+        neumann_scale: float = 1e-4,
+        hypergrad_clip: float = 25.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(n_tasks, main_task, device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.network = AuxiliaryNetwork(n_tasks, main_task, linear, hidden_sizes).to(self.device)
+        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=meta_lr, momentum=meta_momentum,
+                                         weight_decay=meta_weight_decay)
+        self.neumann_terms = neumann_terms
+        self.neumann_scale = neumann_scale
+        self.hypergrad_clip = hypergrad_clip
+
+    def backward(self, losses, shared_parameters=(), task_specific_parameters=(), representation=None):
+        detached = losses.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (weights,) = torch.autograd.grad(self.network(detached), detached)
+        losses.backward(weights)  # = ∇_θ h_φ(L(θ)): the chain rule through the network, one backward pass
+        self.step += 1
+        return {"weights": weights.detach()}
+
+    def meta_update(self, compute_losses, train_batch, val_batch, shared_parameters) -> Dict[str, torch.Tensor]:
+        shared = list(shared_parameters)
+        val_loss = compute_losses(val_batch)[self.main_task]
+        train_loss = self.network(compute_losses(train_batch))
+        parameters = list(self.network.parameters())
+        hypergradients = implicit_hypergradient(val_loss, train_loss, shared, parameters,
+                                                self.neumann_terms, self.neumann_scale)
+        self.optimizer.zero_grad(set_to_none=True)
+        for parameter, gradient in zip(parameters, hypergradients):
+            parameter.grad = gradient.detach()
+        norm = torch.nn.utils.clip_grad_norm_(parameters, self.hypergrad_clip)
+        self.optimizer.step()
+        self.network.clamp_()
+        return {"hypergradient_norm": norm.detach()}
+
+    def state_dict(self) -> Dict:
+        return {**super().state_dict(), "network": self.network.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: Dict) -> None:
+        super().load_state_dict(state)
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def to(self, device) -> "AuxiLearn":
+        super().to(device)
+        self.network.to(self.device)
+        for values in self.optimizer.state.values():
+            for key, value in values.items():
+                if isinstance(value, torch.Tensor):
+                    values[key] = value.to(self.device)
+        return self

@@ -1,0 +1,152 @@
+"""AuxiNash (Shamsian, Navon, Glazer, Kawaguchi, Chechik, Fetaya; ICML 2023, arXiv 2301.13501).
+
+Update (Eq. 3 / Prop. 3.1): Δθ = Σ_k α_k g_k with α_k (Gᵀ G α)_k = p_k (``nash_solver``), the asymmetric
+Nash bargaining solution for bargaining powers p; the shared gradient is then clipped to norm ``max_norm``
+(1.0, as in Nash-MTL). The task-specific parameters get Σ_k α_k ∇L_k, as the official code's weighted loss
+gives them.
+
+Bargaining power (Sec. 4, Alg. 1): every ``meta_update`` call (the loop calls it every 25 steps by default)
+
+    dL_V/dp = dL_V/dα · dα/dp,    dα/dp = (M + diag(p/α²))⁻¹ diag(1/α),
+    dL_V/dα_k = −∇_θ L_Vᵀ H⁻¹ g_k                     (implicit differentiation through θ*(α)),
+
+with H⁻¹ by a truncated Neumann series (3 terms, scale 1e-4, ``implicit``), the Gram matrix M and α of the
+last solve, L_V the main-task loss on a meta-validation batch, and H the Hessian of Σ_k α_k L_k on a training
+batch, over the shared parameters. The hypergradient is clipped to norm 1, p takes an SGD step (lr 5e-3,
+momentum 0.9), is clamped at ≥ 1e-4 and rescaled to sum to K: the official code's defaults.
+
+``p`` given and ``learn_p=False`` is the paper's fixed-p ablation (Table 8); p = 1 is Nash-MTL.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .base import GradientMethod, LossFunction
+from .gradients import TaskGradients
+from .implicit import implicit_hypergradient
+from .nash_solver import nash_alpha_derivative, solve_nash, solve_nash_cvxpy
+
+SOLVERS = ("newton", "cvxpy")
+
+
+class AuxiNash(GradientMethod):
+    """Asymmetric Nash bargaining with learned bargaining power p."""
+
+    state_tensors = ("p", "alpha", "gram", "momentum_buffer")
+
+    def __init__(
+        self,
+        n_tasks: int,
+        main_task: int = 0,
+        device: torch.device | str | None = None,
+        p: Optional[Sequence[float]] = None,
+        learn_p: bool = True,
+        max_norm: float = 1.0,
+        update_weights_every: int = 1,
+        meta_lr: float = 5e-3,
+        meta_momentum: float = 0.9,
+        neumann_terms: int = 3,
+        neumann_scale: float = 1e-4,
+        hypergrad_clip: float = 1.0,
+        min_p: float = 1e-4,
+        solver: str = "newton",
+    ) -> None:
+        super().__init__(n_tasks, main_task, device)
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown Nash solver {solver!r}; choose one of {SOLVERS}")
+        if update_weights_every < 1:
+            raise ValueError(f"update_weights_every must be >= 1, got {update_weights_every}")
+        self.learn_p = learn_p
+        self.max_norm = max_norm
+        self.update_weights_every = update_weights_every
+        self.meta_lr = meta_lr
+        self.meta_momentum = meta_momentum
+        self.neumann_terms = neumann_terms
+        self.neumann_scale = neumann_scale
+        self.hypergrad_clip = hypergrad_clip
+        self.min_p = min_p
+        self.solver = solver
+        initial = torch.ones(n_tasks, dtype=torch.float64) if p is None else torch.as_tensor(p, dtype=torch.float64)
+        if initial.shape != (n_tasks,) or not torch.all(initial > 0):
+            raise ValueError(f"p must hold {n_tasks} positive bargaining powers, got {list(initial)}")
+        self.p = self._normalise(initial)
+        self.alpha = torch.ones(n_tasks, dtype=torch.float64)  # last solution, raw scale (a warm start)
+        self.gram = torch.eye(n_tasks, dtype=torch.float64)  # raw Gram matrix of the last solve
+        self.momentum_buffer = torch.zeros(n_tasks, dtype=torch.float64)
+
+    def _normalise(self, p: torch.Tensor) -> torch.Tensor:
+        """Clamp at ``min_p`` and rescale to sum to K (the official code's ``set_p``)."""
+        p = p.clamp(min=self.min_p)
+        return p / p.sum() * self.n_tasks
+
+    # The K×K quantities live on the CPU in float64: the solve needs them there anyway (one transfer a step).
+    def to(self, device: torch.device | str) -> "AuxiNash":
+        self.device = torch.device(device)
+        return self
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.step = int(state["step"])
+        for name in self.state_tensors:
+            setattr(self, name, state[name].detach().cpu().double().clone())
+
+    def reused_weights(self) -> Optional[torch.Tensor]:
+        if self.step % self.update_weights_every == 0:
+            return None
+        return self.alpha.to(self.device, torch.float32)
+
+    def combine(self, grads: TaskGradients):
+        gram = grads.gram().cpu()
+        if self.solver == "newton":
+            alpha = solve_nash(gram, self.p, alpha0=self.alpha)
+        else:
+            alpha = solve_nash_cvxpy(gram.numpy(), self.p.numpy(), alpha0=self.alpha.numpy())
+        self.gram = gram
+        self.alpha = torch.from_numpy(np.asarray(alpha, dtype=np.float64))
+        weights = self.alpha.to(grads.shared.device, torch.float32)
+        return weights, weights, {"weights": weights, "p": self.p.to(grads.shared.device, torch.float32)}
+
+    def backward(self, losses, shared_parameters, task_specific_parameters=(), representation=None):
+        info = super().backward(losses, shared_parameters, task_specific_parameters, representation)
+        info.setdefault("p", self.p.to(losses.device, torch.float32))
+        return info
+
+    def p_hypergradient(
+        self,
+        compute_losses: LossFunction,
+        train_batch,
+        val_batch,
+        shared_parameters: Iterable[torch.Tensor],
+    ) -> torch.Tensor:
+        """dL_V/dp (times 1/neumann_scale, see ``implicit``), float64 on the CPU, before clipping."""
+        shared = list(shared_parameters)
+        val_loss = compute_losses(val_batch)[self.main_task]
+        train_losses = compute_losses(train_batch)
+        alpha = self.alpha.to(train_losses.device, train_losses.dtype).requires_grad_(True)
+        (d_alpha,) = implicit_hypergradient(val_loss, (alpha * train_losses).sum(), shared, [alpha],
+                                            self.neumann_terms, self.neumann_scale)
+        dalpha_dp = nash_alpha_derivative(self.gram.numpy(), self.p.numpy(), self.alpha.numpy())
+        return d_alpha.detach().cpu().double() @ torch.from_numpy(dalpha_dp)
+
+    def meta_update(
+        self,
+        compute_losses: LossFunction,
+        train_batch,
+        val_batch,
+        shared_parameters: Iterable[torch.Tensor],
+    ) -> Dict[str, torch.Tensor]:
+        if not self.learn_p:
+            return {}
+        gradient = self.p_hypergradient(compute_losses, train_batch, val_batch, shared_parameters)
+        if not torch.all(torch.isfinite(gradient)):
+            raise FloatingPointError(f"the hypergradient of p is not finite ({gradient.tolist()}); "
+                                     "check the losses of the meta-validation batch")
+        norm = gradient.norm()
+        if self.hypergrad_clip > 0 and norm > self.hypergrad_clip:
+            gradient = gradient * (self.hypergrad_clip / norm)
+        self.momentum_buffer = self.meta_momentum * self.momentum_buffer + gradient
+        self.p = self._normalise(self.p - self.meta_lr * self.momentum_buffer)
+        return {"p": self.p.float(), "p_hypergradient": gradient.float()}
+

@@ -1,0 +1,165 @@
+"""The interface every weighting method implements, and the shared machinery of gradient-based methods.
+
+A training loop uses a method in two places and never needs to know which one it runs:
+
+    info = method.backward(losses, shared_parameters=..., task_specific_parameters=...)
+    optimizer.step()
+    if step % meta_every == 0:
+        method.meta_update(compute_losses=..., train_batch=..., val_batch=..., shared_parameters=...)
+
+``backward`` leaves the combined gradient in ``.grad`` and returns a dict with at least ``weights`` (the
+per-task weights it applied to the shared parameters, a 1-D tensor). ``meta_update`` learns whatever the
+method learns (AuxiNash: the bargaining power; AuxiLearn: the auxiliary network; OL-AUX: the auxiliary
+weights) and is a no-op elsewhere. ``state_dict`` / ``load_state_dict`` / ``to`` carry all learned state.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
+
+import torch
+
+from .gradients import TaskGradients, per_task_gradients, write_grad
+
+LossFunction = Callable[[Any], torch.Tensor]
+"""Maps a batch to the K per-task losses (a 1-D tensor), running the model's forward pass."""
+
+
+class WeightMethod:
+    """Base class: a method with K tasks, one of which (``main_task``) is the main task."""
+
+    #: names of tensor attributes that make up the method's learned state (saved, loaded, moved by ``to``)
+    state_tensors: Sequence[str] = ()
+
+    def __init__(self, n_tasks: int, main_task: int = 0, device: torch.device | str | None = None) -> None:
+        if n_tasks < 1:
+            raise ValueError(f"n_tasks must be at least 1, got {n_tasks}")
+        if not 0 <= main_task < n_tasks:
+            raise ValueError(f"main_task must be in [0, {n_tasks}), got {main_task}")
+        self.n_tasks = n_tasks
+        self.main_task = main_task
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.step = 0
+
+    # -- the two hooks a training loop calls ---------------------------------------------------------------
+    def backward(
+        self,
+        losses: torch.Tensor,
+        shared_parameters: Iterable[torch.Tensor],
+        task_specific_parameters: Iterable[torch.Tensor] = (),
+        representation: Optional[torch.Tensor] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """Put the method's combined gradient of ``losses`` (shape K) into ``.grad``; return ``weights`` etc."""
+        raise NotImplementedError
+
+    def meta_update(
+        self,
+        compute_losses: LossFunction,
+        train_batch: Any,
+        val_batch: Any,
+        shared_parameters: Iterable[torch.Tensor],
+    ) -> Dict[str, torch.Tensor]:
+        """Learn the method's own parameters from a training and a meta-validation batch (no-op by default)."""
+        return {}
+
+    # -- state -----------------------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        state: Dict[str, Any] = {"step": self.step}
+        for name in self.state_tensors:
+            value = getattr(self, name)
+            state[name] = value.detach().clone() if isinstance(value, torch.Tensor) else value
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        for name in self.state_tensors:
+            value = state[name]
+            setattr(self, name, value.to(self.device).clone() if isinstance(value, torch.Tensor) else value)
+
+    def to(self, device: torch.device | str) -> "WeightMethod":
+        self.device = torch.device(device)
+        for name in self.state_tensors:
+            value = getattr(self, name)
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(self.device))
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_tasks={self.n_tasks}, main_task={self.main_task})"
+
+
+def weighted_sum_backward(
+    losses: torch.Tensor,
+    weights: torch.Tensor,
+) -> None:
+    """One backward pass of Σ_k w_k L_k (the weights are constants)."""
+    torch.sum(losses * weights.detach().to(losses.dtype)).backward()
+
+
+class GradientMethod(WeightMethod):
+    """A method that combines the K per-task gradients (computed once per step) into one update.
+
+    Subclasses implement ``combine(grads) -> (shared_weights, task_specific_weights, info)``: the update of
+    the shared parameters (or representation) is Σ_k shared_weights_k g_k and that of the task-specific
+    parameters Σ_k task_specific_weights_k ∇L_k. With a ``representation``, the per-task gradients are taken
+    with respect to it (Nash-MTL's cheaper variant) and the combination is back-propagated through the encoder
+    once. ``max_norm`` > 0 clips the shared parameters' gradient norm afterwards (as Nash-MTL does).
+    """
+
+    max_norm: float = 0.0
+
+    def reused_weights(self) -> Optional[torch.Tensor]:
+        """Weights to reuse on this step without computing per-task gradients (None: compute them)."""
+        return None
+
+    def combine(self, grads: TaskGradients) -> tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def backward(
+        self,
+        losses: torch.Tensor,
+        shared_parameters: Iterable[torch.Tensor],
+        task_specific_parameters: Iterable[torch.Tensor] = (),
+        representation: Optional[torch.Tensor] = None,
+    ) -> Dict[str, torch.Tensor]:
+        shared = list(shared_parameters)
+        specific = list(task_specific_parameters)
+        reused = self.reused_weights()
+        if reused is not None:  # weights kept from an earlier step: one backward of the weighted sum
+            weighted_sum_backward(losses, reused)
+            if self.max_norm > 0:
+                torch.nn.utils.clip_grad_norm_(shared, self.max_norm)
+            self.step += 1
+            return {"weights": reused.detach()}
+        grads = per_task_gradients(losses, [representation] if representation is not None else shared, specific)
+        shared_weights, specific_weights, info = self.combine(grads)
+        combined = shared_weights.to(grads.shared.dtype) @ grads.shared
+        if representation is not None:
+            representation.backward(combined.view_as(representation))
+        else:
+            write_grad(shared, combined)
+        if specific:
+            write_grad(specific, specific_weights.to(grads.task_specific.dtype) @ grads.task_specific)
+        if self.max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(shared, self.max_norm)
+        self.step += 1
+        info.setdefault("weights", shared_weights.detach())
+        return info
+
+
+class FixedWeightMethod(WeightMethod):
+    """A method with constant task weights: one backward pass of Σ_k w_k L_k."""
+
+    def task_weights(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def backward(
+        self,
+        losses: torch.Tensor,
+        shared_parameters: Iterable[torch.Tensor] = (),
+        task_specific_parameters: Iterable[torch.Tensor] = (),
+        representation: Optional[torch.Tensor] = None,
+    ) -> Dict[str, torch.Tensor]:
+        weights = self.task_weights().to(losses.device)
+        weighted_sum_backward(losses, weights)
+        self.step += 1
+        return {"weights": weights}

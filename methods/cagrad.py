@@ -1,0 +1,84 @@
+"""CAGrad: conflict-averse gradient descent (Liu, Liu, Jin, Stone, Liu; NeurIPS 2021, Eq. 3 and Alg. 1).
+
+With A = GGᵀ, g₀ the average gradient and c = ``c`` · ‖g₀‖ (c = 0.4 as in Nash-MTL's experiments), the dual
+problem over the simplex is
+
+    w* = argmin_{w ∈ Δ} wᵀ A 1/K + c √(wᵀ A w),                                       (1)
+
+and the update is d = g₀ + (c / ‖g_w‖) g_w with g_w = Σ_k w*_k g_k, divided by 1 + ``c``² (Nash-MTL's
+default ``rescale=1``). Equivalently d = Σ_k λ_k g_k with λ = (1/K + c w*/‖g_w‖) / (1 + ``c``²).
+
+(1) is a K-dimensional convex problem; we solve it exactly (duality gap ≤ 1e-10 on the normalised problem)
+by a log-barrier interior-point method: equality-constrained Newton steps on t·F(w) − Σ log w_k, t ×10 each
+round, instead of a general-purpose optimiser. Task-specific heads are trained by their own losses.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import GradientMethod
+from .gradients import TaskGradients
+
+EPS = 1e-8  # inside the square root, as in the reference implementation
+
+
+def cagrad_objective(w: np.ndarray, gram: np.ndarray, radius: float) -> float:
+    """F(w) = wᵀ A 1/K + radius · √(wᵀ A w + ε) for the Gram matrix A."""
+    return float(w @ gram.mean(axis=1) + radius * np.sqrt(w @ gram @ w + EPS))
+
+
+def solve_cagrad(gram: np.ndarray, radius: float, gap: float = 1e-10) -> np.ndarray:
+    """Minimise ``cagrad_objective`` over the probability simplex by a barrier method (float64)."""
+    k = gram.shape[0]
+    linear = gram.mean(axis=1)
+    w = np.full(k, 1.0 / k)
+    ones = np.ones(k)
+
+    def barrier(x: np.ndarray, t: float) -> float:
+        return t * float(x @ linear + radius * np.sqrt(x @ gram @ x + EPS)) - float(np.log(x).sum())
+
+    t = 1.0
+    while True:
+        for _ in range(100):
+            a_w = gram @ w
+            norm = np.sqrt(w @ a_w + EPS)
+            gradient = t * (linear + radius * a_w / norm) - 1.0 / w
+            hessian = t * radius * (gram / norm - np.outer(a_w, a_w) / norm**3) + np.diag(1.0 / w**2)
+            kkt = np.block([[hessian, ones[:, None]], [ones[None, :], np.zeros((1, 1))]])
+            step = np.linalg.lstsq(kkt, np.concatenate([-gradient, [0.0]]), rcond=None)[0][:k]
+            decrement = -gradient @ step
+            if decrement / 2 <= 1e-12:
+                break
+            shrinking = step < 0
+            s = min(1.0, 0.99 * float(np.min(-w[shrinking] / step[shrinking]))) if shrinking.any() else 1.0
+            current = barrier(w, t)
+            while barrier(w + s * step, t) > current - 0.25 * s * decrement and s > 1e-14:
+                s *= 0.5
+            w = w + s * step
+            w = w / w.sum()  # remove the round-off drift off the simplex
+        if k / t < gap:
+            return w
+        t *= 10.0
+
+
+class CAGrad(GradientMethod):
+    """Maximise the worst task improvement within a ball around the average gradient."""
+
+    def __init__(self, n_tasks: int, main_task: int = 0, device=None, c: float = 0.4) -> None:
+        super().__init__(n_tasks, main_task, device)
+        self.c = c
+
+    def combine(self, grads: TaskGradients):
+        gram = grads.gram().cpu().numpy()
+        scale = float(np.linalg.norm(gram))
+        if scale == 0.0:
+            weights = np.full(self.n_tasks, 1.0 / self.n_tasks)
+        else:
+            normalised = gram / scale  # F scales with A: same minimiser, well-conditioned barrier
+            radius = self.c * np.sqrt(normalised.mean() + EPS)
+            w = solve_cagrad(normalised, radius)
+            lam = radius / (np.sqrt(w @ normalised @ w + EPS) + 1e-8 / np.sqrt(scale))
+            weights = (np.full(self.n_tasks, 1.0 / self.n_tasks) + lam * w) / (1 + self.c**2)
+        weights = torch.as_tensor(weights, dtype=torch.float32, device=grads.shared.device)
+        return weights, torch.ones_like(weights), {"weights": weights}

@@ -1,0 +1,29 @@
+"""GCS: gradient cosine similarity (Du, Czarnecki, Jayakumar, Farajtabar, Pascanu, Lakshminarayanan;
+"Adapting Auxiliary Losses Using Gradient Similarity", arXiv 1812.02224, 2018, Alg. 1).
+
+The shared update is g_main + Σ_{k ≠ main} [cos(g_main, g_k) > 0] · g_k (unweighted variant, the default),
+or g_main + Σ_k max(cos(g_main, g_k), 0) · g_k (``weighted=True``), with one cosine per auxiliary over all
+shared parameters, as in the official AuxiNash code. Every task-specific head is trained by its own loss.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import GradientMethod
+from .gradients import TaskGradients
+
+
+class GCS(GradientMethod):
+    """Keep an auxiliary gradient only when it points into the main task's half-space."""
+
+    def __init__(self, n_tasks: int, main_task: int = 0, device=None, weighted: bool = False) -> None:
+        super().__init__(n_tasks, main_task, device)
+        self.weighted = weighted
+
+    def combine(self, grads: TaskGradients):
+        gram = grads.shared @ grads.shared.T  # K × K on the gradients' device: no host synchronisation
+        norms = gram.diagonal().clamp(min=0).sqrt()
+        cosine = gram[self.main_task] / (norms[self.main_task] * norms).clamp(min=1e-30)
+        weights = cosine.clamp(min=0) if self.weighted else (cosine > 0).to(cosine.dtype)
+        weights[self.main_task] = 1.0
+        return weights, torch.ones_like(weights), {"weights": weights, "cosine": cosine}

@@ -1,0 +1,49 @@
+"""PCGrad: projecting conflicting gradients (Yu, Kumar, Gupta, Levine, Hausman, Finn; "Gradient Surgery for
+Multi-Task Learning", NeurIPS 2020, Alg. 1).
+
+For each task i, in a random order over the other tasks j: if g_iᵀ g_j < 0, replace g_i by
+g_i − (g_iᵀ g_j / ‖g_j‖²) g_j. The update is the sum of the projected gradients. Every projected gradient
+is a combination of the original ones, so the surgery runs on the K × K Gram matrix alone and the update is
+Σ_k w_k g_k with w the summed coefficients. Task-specific heads are trained by their own losses.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from .base import GradientMethod
+from .gradients import TaskGradients
+
+
+def pcgrad_weights(gram: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Coefficients w (K,) such that Σ_i PCGrad(g_i) = Σ_k w_k g_k, from the Gram matrix (float64, CPU)."""
+    k = gram.shape[0]
+    coefficients = torch.eye(k, dtype=torch.float64)  # row i: the projected g_i in the basis of the g_k
+    for i in range(k):
+        for j in torch.randperm(k, generator=generator).tolist():
+            if j == i or gram[j, j] <= 0:
+                continue
+            dot = coefficients[i] @ gram[:, j]
+            if dot < 0:
+                coefficients[i, j] -= dot / gram[j, j]
+    return coefficients.sum(dim=0)
+
+
+class PCGrad(GradientMethod):
+    """Sum of the per-task gradients after removing their pairwise conflicts."""
+
+    def __init__(self, n_tasks: int, main_task: int = 0, device=None, seed: int = 0) -> None:
+        super().__init__(n_tasks, main_task, device)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def combine(self, grads: TaskGradients):
+        weights = pcgrad_weights(grads.gram().cpu(), self.generator).to(grads.shared.device, torch.float32)
+        return weights, torch.ones_like(weights), {"weights": weights}
+
+    def state_dict(self) -> Dict:
+        return {**super().state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Dict) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["generator"])
