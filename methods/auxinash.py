@@ -95,7 +95,7 @@ class AuxiNash(GradientMethod):
     def reused_weights(self) -> Optional[torch.Tensor]:
         if self.step % self.update_weights_every == 0:
             return None
-        return self.alpha.to(self.device, torch.float32)
+        return self.alpha.to(self.device)
 
     def combine(self, grads: TaskGradients):
         gram = grads.gram().cpu()
@@ -105,7 +105,7 @@ class AuxiNash(GradientMethod):
             alpha = solve_nash_cvxpy(gram.numpy(), self.p.numpy(), alpha0=self.alpha.numpy())
         self.gram = gram
         self.alpha = torch.from_numpy(np.asarray(alpha, dtype=np.float64))
-        weights = self.alpha.to(grads.shared.device, torch.float32)
+        weights = self.alpha.to(grads.shared.device, grads.shared.dtype)
         return weights, weights, {"weights": weights, "p": self.p.to(grads.shared.device, torch.float32)}
 
     def backward(self, losses, shared_parameters, task_specific_parameters=(), representation=None):
@@ -124,7 +124,7 @@ class AuxiNash(GradientMethod):
         shared = list(shared_parameters)
         val_loss = compute_losses(val_batch)[self.main_task]
         train_losses = compute_losses(train_batch)
-        alpha = self.alpha.to(train_losses.device, train_losses.dtype).requires_grad_(True)
+        alpha = self.alpha.to(train_losses.device, train_losses.dtype).clone().requires_grad_(True)
         (d_alpha,) = implicit_hypergradient(val_loss, (alpha * train_losses).sum(), shared, [alpha],
                                             self.neumann_terms, self.neumann_scale)
         dalpha_dp = nash_alpha_derivative(self.gram.numpy(), self.p.numpy(), self.alpha.numpy())

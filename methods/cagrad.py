@@ -33,7 +33,6 @@ def solve_cagrad(gram: np.ndarray, radius: float, gap: float = 1e-10) -> np.ndar
     k = gram.shape[0]
     linear = gram.mean(axis=1)
     w = np.full(k, 1.0 / k)
-    ones = np.ones(k)
 
     def barrier(x: np.ndarray, t: float) -> float:
         return t * float(x @ linear + radius * np.sqrt(x @ gram @ x + EPS)) - float(np.log(x).sum())
@@ -45,16 +44,21 @@ def solve_cagrad(gram: np.ndarray, radius: float, gap: float = 1e-10) -> np.ndar
             norm = np.sqrt(w @ a_w + EPS)
             gradient = t * (linear + radius * a_w / norm) - 1.0 / w
             hessian = t * radius * (gram / norm - np.outer(a_w, a_w) / norm**3) + np.diag(1.0 / w**2)
-            kkt = np.block([[hessian, ones[:, None]], [ones[None, :], np.zeros((1, 1))]])
-            step = np.linalg.lstsq(kkt, np.concatenate([-gradient, [0.0]]), rcond=None)[0][:k]
+            # Newton step with 1ᵀstep = 0, in the variables z = step / w where the barrier's Hessian is O(1)
+            scaled = w[:, None] * hessian * w[None, :]
+            solved = np.linalg.solve(scaled, np.stack([w * gradient, w], axis=1))
+            nu = -(w @ solved[:, 0]) / (w @ solved[:, 1])
+            step = -w * (solved[:, 0] + nu * solved[:, 1])
             decrement = -gradient @ step
-            if decrement / 2 <= 1e-12:
+            if decrement / 2 <= 1e-12:  # Newton decrement: centred to within 1e-12 of the barrier minimum
                 break
             shrinking = step < 0
             s = min(1.0, 0.99 * float(np.min(-w[shrinking] / step[shrinking]))) if shrinking.any() else 1.0
             current = barrier(w, t)
             while barrier(w + s * step, t) > current - 0.25 * s * decrement and s > 1e-14:
                 s *= 0.5
+            if s <= 1e-14:
+                break
             w = w + s * step
             w = w / w.sum()  # remove the round-off drift off the simplex
         if k / t < gap:

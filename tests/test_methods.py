@@ -1,0 +1,257 @@
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from methods import METHOD_NAMES, get_method
+from methods.cagrad import EPS, cagrad_objective, solve_cagrad
+from methods.nash_solver import solve_nash
+from methods.pcgrad import pcgrad_weights
+from tests.helpers import TinyMultiTask, make_batch, run_backward, task_gradients
+
+torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return TinyMultiTask().double()
+
+
+@pytest.fixture
+def batch():
+    x, ys = make_batch()
+    return x.double(), [y.double() for y in ys]
+
+
+def test_registry():
+    for name in ["equal", "ls", "stl", "gcs", "olaux", "auxilearn", "nashmtl", "auxinash", "pcgrad", "cagrad"]:
+        assert get_method(name, n_tasks=3).n_tasks == 3
+    with pytest.raises(ValueError, match="valid names: .*auxinash"):
+        get_method("nash", n_tasks=3)
+    with pytest.raises(ValueError, match="main_task"):
+        get_method("equal", n_tasks=3, main_task=3)
+
+
+def test_equal_is_gradient_of_sum(model, batch):
+    g, s = task_gradients(model, batch)
+    info, shared, specific = run_backward(get_method("ls", 3), model, batch)
+    torch.testing.assert_close(shared, g.sum(0))
+    torch.testing.assert_close(specific, s.sum(0))
+    assert info["weights"].tolist() == [1, 1, 1]
+
+
+def test_stl_ignores_auxiliaries(model, batch):
+    g, s = task_gradients(model, batch)
+    info, shared, specific = run_backward(get_method("stl", 3, main_task=1), model, batch)
+    torch.testing.assert_close(shared, g[1])
+    torch.testing.assert_close(specific, s[1])
+    assert info["weights"].tolist() == [0, 1, 0]
+
+
+@pytest.mark.parametrize("name", ["nashmtl", "auxinash"])
+def test_nash_grad_is_clipped_alpha_combination(name, model, batch):
+    g, s = task_gradients(model, batch)
+    method = get_method(name, 3, max_norm=1.0)
+    info, shared, specific = run_backward(method, model, batch)
+    alpha = torch.as_tensor(solve_nash(g @ g.T))
+    update = alpha @ g
+    assert abs(update.norm().item() - np.sqrt(3)) < 1e-6  # ‖Σ α_k g_k‖ = √K before clipping
+    torch.testing.assert_close(shared, update / (update.norm() + 1e-6))  # clip_grad_norm_ to norm 1
+    torch.testing.assert_close(specific, alpha @ s)
+    torch.testing.assert_close(info["weights"].double(), alpha, rtol=1e-6, atol=0)
+
+
+def test_auxinash_fixed_p_and_update_every(model, batch):
+    g, _ = task_gradients(model, batch)
+    p = torch.tensor([0.8, 0.1, 0.1]) * 3
+    method = get_method("auxinash", 3, p=p, learn_p=False, max_norm=0.0, update_weights_every=2)
+    info, shared, _ = run_backward(method, model, batch)
+    alpha = torch.as_tensor(solve_nash(g @ g.T, p.double()))
+    torch.testing.assert_close(shared, alpha @ g)
+    torch.testing.assert_close(info["p"].double(), p.double(), rtol=1e-6, atol=0)
+    # the next step reuses α with one backward of the weighted loss, on a different batch
+    other = make_batch(seed=1)
+    other = (other[0].double(), [y.double() for y in other[1]])
+    g2, _ = task_gradients(model, other)
+    _, shared2, _ = run_backward(method, model, other)
+    torch.testing.assert_close(shared2, alpha @ g2, rtol=1e-5, atol=1e-7)
+    assert method.meta_update(None, None, None, []) == {}
+
+
+def test_representation_gradients(model, batch):
+    """With a representation, α comes from the Gram matrix of ∇_h L_k; the update goes through the encoder."""
+    x, ys = batch
+    h = model.shared(x)
+    losses = torch.stack([((head(h) - y) ** 2).mean() for head, y in zip(model.heads, ys)])
+    rep_grads = torch.stack([torch.autograd.grad(losses[k], h, retain_graph=True)[0].reshape(-1) for k in range(3)])
+    alpha = torch.as_tensor(solve_nash(rep_grads @ rep_grads.T))
+    expected = torch.autograd.grad(h, model.shared_parameters(), grad_outputs=(alpha @ rep_grads).view_as(h))
+    expected = torch.cat([e.reshape(-1) for e in expected])
+    _, shared, _ = run_backward(get_method("nashmtl", 3, max_norm=0.0), model, batch, representation=True)
+    torch.testing.assert_close(shared, expected)
+
+
+def test_gcs_drops_conflicting_auxiliary(model):
+    for seed in range(100):  # the first batch with one agreeing and one conflicting auxiliary
+        x, ys = make_batch(seed=seed)
+        batch = (x.double(), [y.double() for y in ys])
+        g, s = task_gradients(model, batch)
+        cos = torch.nn.functional.cosine_similarity(g[0:1], g, dim=1)
+        if (cos[1:] < 0).any() and (cos[1:] > 0).any():
+            break
+    assert (cos[1:] < 0).any() and (cos[1:] > 0).any()
+    info, shared, specific = run_backward(get_method("gcs", 3), model, batch)
+    keep = (cos > 0).double()
+    keep[0] = 1
+    torch.testing.assert_close(shared, keep @ g)
+    torch.testing.assert_close(specific, s.sum(0))  # every head still trained by its own loss
+    _, shared_w, _ = run_backward(get_method("gcs", 3, weighted=True), model, batch)
+    weights = cos.clamp(min=0)
+    weights[0] = 1
+    torch.testing.assert_close(shared_w, weights @ g)
+
+
+def test_olaux_weight_update_formula(model, batch):
+    g, _ = task_gradients(model, batch)
+    method = get_method("olaux", 3, lr=0.05)
+    run_backward(method, model, batch)
+    run_backward(method, model, batch)  # two steps accumulate
+    method.meta_update(None, None, None, [])
+    dots = g @ g[0]
+    expected = (1 + 0.05 * 2 * dots).clamp(min=0)
+    expected[0] = 1
+    torch.testing.assert_close(method.weights.double(), expected, rtol=1e-5, atol=1e-7)
+    _, shared, _ = run_backward(method, model, batch)
+    torch.testing.assert_close(shared, method.weights.double() @ g, rtol=1e-5, atol=1e-7)
+
+
+def test_pcgrad_projects_conflicting_pair():
+    g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
+    grads = torch.stack([g1, g2])
+    w = pcgrad_weights(grads @ grads.T, torch.Generator().manual_seed(0))
+    p1 = g1 - (g1 @ g2) / (g2 @ g2) * g2
+    p2 = g2 - (g2 @ g1) / (g1 @ g1) * g1
+    torch.testing.assert_close(w @ grads, p1 + p2)
+    # no conflict: plain sum
+    grads = torch.stack([g1, torch.tensor([1.0, 1.0])])
+    torch.testing.assert_close(pcgrad_weights(grads @ grads.T, torch.Generator()), torch.ones(2))
+
+
+def test_pcgrad_matches_vector_surgery(model, batch):
+    g, _ = task_gradients(model, batch)
+    method = get_method("pcgrad", 3, seed=3)
+    order_gen = torch.Generator().manual_seed(3)
+    projected = []
+    for i in range(3):
+        gi = g[i].clone()
+        for j in torch.randperm(3, generator=order_gen).tolist():
+            if j != i and gi @ g[j] < 0:
+                gi = gi - (gi @ g[j]) / (g[j] @ g[j]) * g[j]
+        projected.append(gi)
+    _, shared, _ = run_backward(method, model, batch)
+    torch.testing.assert_close(shared, sum(projected))
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_cagrad_optimal_and_matches_brute_force(k):
+    rng = np.random.default_rng(k)
+    grads = rng.normal(size=(k, 8))
+    gram = grads @ grads.T
+    gram = gram / np.linalg.norm(gram)
+    radius = 0.4 * np.sqrt(gram.mean())
+    w = solve_cagrad(gram, radius)
+    assert abs(w.sum() - 1) < 1e-12 and np.all(w >= 0)
+    # KKT on the simplex: ∇F_i = μ on the support, ≥ μ off it
+    norm = np.sqrt(w @ gram @ w + EPS)
+    grad = gram.mean(1) + radius * gram @ w / norm
+    support = w > 1e-6
+    mu = grad[support].mean()
+    assert np.allclose(grad[support], mu, atol=1e-6)
+    assert np.all(grad[~support] >= mu - 1e-6)
+    samples = rng.dirichlet(np.ones(k), size=200000)
+    values = samples @ gram.mean(1) + radius * np.sqrt(np.einsum("ni,ij,nj->n", samples, gram, samples) + EPS)
+    assert cagrad_objective(w, gram, radius) <= values.min() + 1e-9
+
+
+def test_cagrad_update(model, batch):
+    g, _ = task_gradients(model, batch)
+    info, shared, _ = run_backward(get_method("cagrad", 3, c=0.4), model, batch)
+    gram = (g @ g.T).numpy()
+    radius = 0.4 * np.sqrt(gram.mean())
+    w = torch.as_tensor(solve_cagrad(gram / np.linalg.norm(gram), 0.4 * np.sqrt((gram / np.linalg.norm(gram)).mean())))
+    gw = w @ g
+    expected = (g.mean(0) + radius / gw.norm() * gw) / (1 + 0.4**2)
+    torch.testing.assert_close(shared, expected, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("linear", [False, True])
+def test_auxilearn_backward_is_chain_rule_through_network(linear, model, batch):
+    method = get_method("auxilearn", 3, linear=linear)
+    model.zero_grad()
+    losses = model.losses(batch)
+    expected = torch.autograd.grad(method.network(losses), model.shared_parameters(), retain_graph=True)
+    info, shared, _ = run_backward(method, model, batch)
+    torch.testing.assert_close(shared, torch.cat([e.reshape(-1) for e in expected]))
+    if linear:
+        assert info["weights"].tolist() == [1.0, 1.0, 1.0]
+
+
+def _step_all(name, model, batch, val_batch, steps=3, **kwargs):
+    method = get_method(name, 3, **kwargs)
+    for _ in range(steps):
+        run_backward(method, model, batch)
+        method.meta_update(model.losses, batch, val_batch, model.shared_parameters())
+    return method
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_state_round_trip_gives_same_next_update(name, model, batch):
+    val_batch = make_batch(seed=7)
+    val_batch = (val_batch[0].double(), [y.double() for y in val_batch[1]])
+    method = _step_all(name, model, batch, val_batch)
+    buffer = io.BytesIO()
+    torch.save(method.state_dict(), buffer)
+    buffer.seek(0)
+    restored = get_method(name, 3, seed=123) if name in ("pcgrad", "auxilearn") else get_method(name, 3)
+    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    twin = copy.deepcopy(model)
+    for m, net in [(method, model), (restored, twin)]:
+        m.meta_update(net.losses, batch, val_batch, net.shared_parameters())
+    info_a, shared_a, spec_a = run_backward(method, model, batch)
+    info_b, shared_b, spec_b = run_backward(restored, twin, batch)
+    torch.testing.assert_close(shared_a, shared_b)
+    torch.testing.assert_close(spec_a, spec_b)
+    torch.testing.assert_close(info_a["weights"], info_b["weights"])
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_one_task(name):
+    torch.manual_seed(0)
+    model = TinyMultiTask(n_tasks=1).double()
+    x, ys = make_batch(n_tasks=1)
+    batch = (x.double(), [ys[0].double()])
+    g, _ = task_gradients(model, batch)
+    method = get_method(name, 1)
+    info, shared, _ = run_backward(method, model, batch)
+    method.meta_update(model.losses, batch, batch, model.shared_parameters())
+    assert torch.isfinite(shared).all()
+    cosine = torch.nn.functional.cosine_similarity(shared, g[0], dim=0)
+    assert cosine > 0.999  # with one task every method follows its gradient
+
+
+@pytest.mark.parametrize("name", ["nashmtl", "auxinash", "pcgrad", "cagrad", "gcs", "olaux"])
+def test_zero_and_parallel_gradients_stay_finite(name):
+    shared = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    losses = torch.stack([shared.sum() * 0.0, (shared**2).sum(), (shared**2).sum()])  # zero, parallel, parallel
+    info = get_method(name, 3).backward(losses, [shared])
+    assert torch.isfinite(shared.grad).all() and torch.isfinite(info["weights"]).all()
+
+
+def test_nan_loss_raises_clearly():
+    shared = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    losses = torch.stack([shared.sum() * float("nan"), (shared**2).sum()])
+    with pytest.raises(FloatingPointError, match="NaN"):
+        get_method("auxinash", 2).backward(losses, [shared])
