@@ -1,0 +1,8 @@
+"""The one place the benchmark scripts get their data from: NYUv2, Cityscapes, semi-supervised CIFAR-10."""
+from .cifar import CifarSSL, read_cifar10
+from .cityscapes import detect_layout, load_cityscapes
+from .common import DatasetNotFoundError, MalformedDatasetError, make_loader, meta_val_split, set_epoch
+from .nyuv2 import load_nyuv2
+
+__all__ = ["CifarSSL", "read_cifar10", "load_cityscapes", "detect_layout", "load_nyuv2", "DatasetNotFoundError",
+           "MalformedDatasetError", "make_loader", "meta_val_split", "set_epoch"]

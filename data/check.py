@@ -1,0 +1,105 @@
+"""Validate a dataset on disk and summarise it.
+
+    python -m data.check nyuv2 --root ROOT
+    python -m data.check cityscapes --root ROOT
+    python -m data.check cifar10 --root ROOT
+
+Reads every file through the same loaders the training scripts use, checks shapes, dtypes and value ranges
+(images in [0, 1], labels in [−1, C−1], depth / disparity ≥ 0, normals unit length or zero) and prints
+counts, shapes, value ranges and the class histogram. Exits with status 1 and the error on a malformed dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Dict
+
+import numpy as np
+from tqdm import tqdm
+
+from . import cifar, cityscapes, nyuv2
+from .common import DatasetNotFoundError, MalformedDatasetError
+from .dense import DenseDataset
+
+
+def summarise_dense(dataset: DenseDataset, expected_count: int) -> Dict[str, str]:
+    lines = {}
+    stats: Dict[str, list] = {}
+    histograms: Dict[str, np.ndarray] = {}
+    for index in tqdm(range(dataset.size), desc=f"{dataset.split}", unit="item", leave=False):
+        item = dataset.load(index)
+        for target in dataset.targets:
+            key = "image" if target.kind == "image" else target.name
+            value = item[key].numpy()
+            path = dataset.path(target, index)
+            if target.kind == "label":
+                counts = np.bincount(value[value >= 0].ravel(), minlength=target.n_classes)
+                histograms[key] = histograms.get(key, 0) + counts
+                stats.setdefault(key, []).append(((value < 0).mean(),))
+                continue
+            if target.kind == "image" and (value.min() < 0 or value.max() > 1):
+                raise MalformedDatasetError(f"{path!r}: image values in [{value.min():.3g}, {value.max():.3g}], "
+                                            "expected [0, 1]")
+            if target.kind in ("depth", "disparity") and value.min() < 0:
+                raise MalformedDatasetError(f"{path!r}: negative {target.kind} {value.min():.3g} (0 marks invalid)")
+            if target.kind == "normal":
+                norms = np.linalg.norm(value, axis=0)
+                valid = norms > 0
+                if valid.any() and np.abs(norms[valid] - 1).max() > 1e-2:
+                    raise MalformedDatasetError(f"{path!r}: normals of length {norms[valid].min():.3g}.."
+                                                f"{norms[valid].max():.3g}, expected unit vectors (zero = invalid)")
+            valid = value[value != 0] if target.kind != "image" else value
+            stats.setdefault(key, []).append((valid.min() if valid.size else 0, valid.max() if valid.size else 0,
+                                              (value == 0).mean()))
+    note = "" if dataset.size == expected_count else f" (the release has {expected_count})"
+    lines["items"] = f"{dataset.size}{note}, each {tuple(dataset.shape)}"
+    for key, rows in stats.items():
+        if key in histograms:
+            total = histograms[key].sum()
+            shares = " ".join(f"{c}:{100 * n / max(total, 1):.1f}%" for c, n in enumerate(histograms[key]))
+            lines[key] = f"ignored {100 * np.mean([r[0] for r in rows]):.1f}%; classes {shares}"
+        else:
+            low, high = min(r[0] for r in rows), max(r[1] for r in rows)
+            invalid = 100 * np.mean([r[2] for r in rows])
+            lines[key] = f"range [{low:.4g}, {high:.4g}]" + ("" if key == "image" else f", zero/invalid {invalid:.1f}%")
+    return lines
+
+
+def check(name: str, root: str) -> None:
+    if name == "nyuv2":
+        for split, expected in nyuv2.SPLITS.items():
+            print(f"[{split}]")
+            for key, line in summarise_dense(nyuv2.load_nyuv2(root, split), expected).items():
+                print(f"  {key}: {line}")
+    elif name == "cityscapes":
+        print(f"layout: {cityscapes.detect_layout(root)} (tasks: {', '.join(cityscapes.tasks_of(root))})")
+        for split, expected in cityscapes.SPLITS.items():
+            print(f"[{split}]")
+            for key, line in summarise_dense(cityscapes.load_cityscapes(root, split), expected).items():
+                print(f"  {key}: {line}")
+    else:
+        arrays = cifar.read_cifar10(root)
+        for split in ("train", "test"):
+            images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+            histogram = " ".join(f"{c}:{n}" for c, n in enumerate(np.bincount(labels, minlength=10)))
+            print(f"[{split}] {len(labels)} images {images.shape[1:]} {images.dtype}, pixel range "
+                  f"[{images.min()}, {images.max()}]; classes {histogram}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data.check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", choices=["nyuv2", "cityscapes", "cifar10"])
+    parser.add_argument("--root", required=True, help="the dataset's root folder")
+    args = parser.parse_args(argv)
+    try:
+        check(args.name, args.root)
+    except (DatasetNotFoundError, MalformedDatasetError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print("ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

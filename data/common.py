@@ -1,0 +1,129 @@
+"""Shared pieces of the data module: errors that say what to do, file checks, splits and loaders."""
+from __future__ import annotations
+
+import os
+import random
+from typing import Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset (or one of its folders) is not where it was expected."""
+
+
+class MalformedDatasetError(ValueError):
+    """A dataset file exists but does not hold what the layout promises."""
+
+
+def require_dir(path: str, what: str, how_to_get: str) -> None:
+    """Raise DatasetNotFoundError naming ``path``, the expected ``what`` and ``how_to_get`` it."""
+    if not os.path.isdir(path):
+        raise DatasetNotFoundError(f"{what} not found: expected the folder {path!r}.\n{how_to_get}")
+
+
+def indexed_files(folder: str) -> int:
+    """Number N of files {0..N-1}.npy in ``folder``; raise if one index is missing or a name is foreign."""
+    names = [n for n in os.listdir(folder) if not n.startswith(".")]
+    indices = []
+    for name in names:
+        stem, ext = os.path.splitext(name)
+        if ext != ".npy" or not stem.isdigit():
+            raise MalformedDatasetError(f"unexpected file {os.path.join(folder, name)!r}: the layout holds only "
+                                        f"files named {{i}}.npy with i = 0, 1, ..., N-1")
+        indices.append(int(stem))
+    if not indices:
+        raise MalformedDatasetError(f"{folder!r} holds no {{i}}.npy files")
+    missing = sorted(set(range(max(indices) + 1)) - set(indices))
+    if missing:
+        raise MalformedDatasetError(f"{folder!r} lacks {len(missing)} index file(s), first "
+                                    f"{os.path.join(folder, f'{missing[0]}.npy')!r}: indices must run 0..N-1")
+    return len(indices)
+
+
+def load_array(path: str, shape: Tuple[Optional[int], ...], kind: str) -> np.ndarray:
+    """Load ``path`` and check its shape (None = any size) and dtype kind ('f' float, 'fi' float or int)."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise MalformedDatasetError(f"missing file {path!r}") from None
+    except Exception as error:  # a truncated or foreign file
+        raise MalformedDatasetError(f"cannot read {path!r} as a .npy array: {error}") from None
+    if array.ndim != len(shape) or any(s is not None and a != s for a, s in zip(array.shape, shape)):
+        expected = "×".join("*" if s is None else str(s) for s in shape)
+        raise MalformedDatasetError(f"{path!r} has shape {array.shape}, expected {expected}")
+    if array.dtype.kind not in kind:
+        raise MalformedDatasetError(f"{path!r} has dtype {array.dtype}, expected "
+                                    f"{'a float' if kind == 'f' else 'a float or integer'} array")
+    return array
+
+
+def check_labels(labels: np.ndarray, n_classes: int, path: str) -> np.ndarray:
+    """Integer labels in {-1, 0..n_classes-1} (-1 = ignore) as int64; raise naming ``path`` otherwise."""
+    if labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise MalformedDatasetError(f"{path!r} holds non-integer labels; expected integers in "
+                                        f"[-1, {n_classes - 1}] (-1 = ignored)")
+    labels = labels.astype(np.int64)
+    low, high = int(labels.min()), int(labels.max())
+    if low < -1 or high >= n_classes:
+        raise MalformedDatasetError(f"{path!r} holds labels in [{low}, {high}], expected [-1, {n_classes - 1}] "
+                                    f"(-1 = ignored, {n_classes} classes)")
+    return labels
+
+
+def meta_val_split(n: int, size: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Seeded split of range(n) into (train, meta-validation) indices.
+
+    ``size`` < 1 is a fraction, ≥ 1 a count; 0 holds nothing out: the meta-validation batches are then drawn
+    from the training set itself (the paper's and the official code's default), and both arrays are range(n).
+    """
+    if size < 0:
+        raise ValueError(f"meta-validation size must be >= 0, got {size}")
+    count = int(round(size * n)) if size < 1 else int(size)
+    if count == 0:
+        everything = np.arange(n)
+        return everything, everything
+    if count >= n:
+        raise ValueError(f"meta-validation size {size} leaves no training data out of {n} examples")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[count:]), np.sort(order[:count])
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: numpy, random and the dataset's own ``rng`` from torch's per-worker seed."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    dataset = torch.utils.data.get_worker_info().dataset
+    if isinstance(getattr(dataset, "rng", None), random.Random):
+        dataset.rng.seed(seed)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, device: torch.device,
+                num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+    """A seeded DataLoader; worker processes and pinned memory when ``device`` is CUDA."""
+    cuda = torch.device(device).type == "cuda"
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                      num_workers=num_workers, pin_memory=cuda, worker_init_fn=seed_worker,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+    """Make epoch ``epoch`` of ``loader`` a function of (seed, epoch) alone: order and augmentation.
+
+    Reseeds the loader's generator (shuffling and the workers' seeds) and, without workers, the dataset's
+    ``rng``; a run resumed at an epoch boundary then sees exactly the batches of an uninterrupted one.
+    """
+    epoch_seed = seed * 100003 + epoch
+    loader.generator.manual_seed(epoch_seed)
+    if loader.num_workers == 0 and isinstance(getattr(loader.dataset, "rng", None), random.Random):
+        loader.dataset.rng.seed(epoch_seed)
+
+
+def forever(loader: DataLoader) -> Iterator:
+    """Cycle through ``loader`` endlessly (a fresh shuffle each pass)."""
+    while True:
+        yield from loader

@@ -1,0 +1,169 @@
+"""Tiny datasets written in exactly the real on-disk layouts (file names, shapes, dtypes, value ranges,
+ignore labels), so that tests and the quick mode of ``run_all.sh`` exercise the real loading code.
+
+    python -m data.synthetic ROOT          # ROOT/{nyuv2,cityscapes,cityscapes_mtan,cityscapes_raw,cifar10}
+
+The content is a smooth random scene per item from which every label is derived (segmentation from
+intensity bands, depth from a gradient, normals from the depth), so that a quick run has something to learn.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+from typing import Tuple
+
+import numpy as np
+from PIL import Image
+
+from . import cityscapes, nyuv2
+from .prepare import LABEL_TO_TRAIN_ID
+
+
+def _scene(rng: np.random.Generator, shape: Tuple[int, int]) -> np.ndarray:
+    """A smooth H×W×3 image in [0, 1]: bilinear upsampling of a coarse random grid."""
+    h, w = shape
+    coarse = rng.uniform(size=(4, 6, 3))
+    ys = np.linspace(0, 3, h)[:, None]
+    xs = np.linspace(0, 5, w)[None, :]
+    y0, x0 = np.floor(ys).astype(int).clip(0, 2), np.floor(xs).astype(int).clip(0, 4)
+    fy, fx = (ys - y0)[..., None], (xs - x0)[..., None]
+    image = (coarse[y0, x0] * (1 - fy) * (1 - fx) + coarse[y0 + 1, x0] * fy * (1 - fx)
+             + coarse[y0, x0 + 1] * (1 - fy) * fx + coarse[y0 + 1, x0 + 1] * fy * fx)
+    return image.astype(np.float32)
+
+
+def _labels(image: np.ndarray, n_classes: int, rng: np.random.Generator, void_fraction: float = 0.05) -> np.ndarray:
+    labels = np.minimum((image[..., 0] * n_classes).astype(np.int64), n_classes - 1)
+    labels[rng.uniform(size=labels.shape) < void_fraction] = -1
+    return labels.astype(np.float32)
+
+
+def _depth(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    depth = 1.0 + 5.0 * image[..., 1:2]
+    depth[rng.uniform(size=depth.shape) < 0.05] = 0.0  # invalid pixels
+    return depth.astype(np.float32)
+
+
+def _normals(depth: np.ndarray) -> np.ndarray:
+    dy, dx = np.gradient(depth[..., 0])
+    normal = np.stack([-dx, -dy, np.ones_like(dx)], axis=-1)
+    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+    normal[depth[..., 0] == 0] = 0.0  # zero = invalid
+    return normal.astype(np.float32)
+
+
+def _save(root: str, split: str, folder: str, index: int, array: np.ndarray) -> None:
+    os.makedirs(os.path.join(root, split, folder), exist_ok=True)
+    np.save(os.path.join(root, split, folder, f"{index}.npy"), array)
+
+
+def write_nyuv2(root: str, n_train: int = 4, n_test: int = 3, shape: Tuple[int, int] = nyuv2.SHAPE,
+                seed: int = 0) -> str:
+    """NYUv2 layout: image H×W×3 float32, label H×W float32 (13 classes, −1), depth H×W×1, normal H×W×3."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", n_train), ("val", n_test)):
+        for i in range(count):
+            image = _scene(rng, shape)
+            depth = _depth(image, rng)
+            _save(root, split, "image", i, image)
+            _save(root, split, "label", i, _labels(image, nyuv2.N_CLASSES, rng))
+            _save(root, split, "depth", i, depth)
+            _save(root, split, "normal", i, _normals(depth))
+    return root
+
+
+def write_cityscapes(root: str, n_train: int = 4, n_test: int = 3, shape: Tuple[int, int] = cityscapes.SHAPE,
+                     seed: int = 0) -> str:
+    """The prepared parts layout: image, seg (19, −1), part_seg (10, −1), disp H×W×1 (0 invalid)."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", n_train), ("val", n_test)):
+        for i in range(count):
+            image = _scene(rng, shape)
+            _save(root, split, "image", i, image)
+            _save(root, split, "seg", i, _labels(image, 19, rng))
+            _save(root, split, "part_seg", i, _labels(image[..., ::-1].copy(), cityscapes.PART_CLASSES, rng))
+            _save(root, split, "disp", i, 10.0 * _depth(image, rng) / 6.0)
+    return root
+
+
+def write_cityscapes_mtan(root: str, n_train: int = 4, n_test: int = 3, shape: Tuple[int, int] = cityscapes.SHAPE,
+                          seed: int = 0) -> str:
+    """The MTAN release: image, label_7, label_19 (−1 ignored), depth H×W×1 (raw disparity)."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", n_train), ("val", n_test)):
+        for i in range(count):
+            image = _scene(rng, shape)
+            _save(root, split, "image", i, image)
+            _save(root, split, "label_7", i, _labels(image, 7, rng))
+            _save(root, split, "label_19", i, _labels(image, 19, rng))
+            _save(root, split, "depth", i, _depth(image, rng))
+    return root
+
+
+def write_cityscapes_raw(root: str, n_train: int = 2, n_test: int = 1, shape: Tuple[int, int] = (1024, 2048),
+                         seed: int = 0) -> str:
+    """Official-download layout: leftImg8bit PNG (RGB), gtFine labelIds PNG (uint8), disparity PNG (uint16),
+    gtFinePanopticParts TIFF (int32 panoptic-parts ids)."""
+    rng = np.random.default_rng(seed)
+    label_ids = np.array(sorted(LABEL_TO_TRAIN_ID) + [0, 1, 4])  # a few void ids too
+    for split, count in (("train", n_train), ("val", n_test)):
+        city = "aachen" if split == "train" else "frankfurt"
+        for i in range(count):
+            stem = f"{city}_{i:06d}_000019"
+            paths = {kind: os.path.join(root, folder, split, city, stem + suffix)
+                     for kind, (folder, suffix) in {"image": ("leftImg8bit", "_leftImg8bit.png"),
+                                                    "labels": ("gtFine", "_gtFine_labelIds.png"),
+                                                    "disparity": ("disparity", "_disparity.png"),
+                                                    "parts": ("gtFinePanopticParts", "_gtFinePanopticParts.tif")}.items()}
+            for path in paths.values():
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            image = (_scene(rng, (shape[0] // 8, shape[1] // 8)) * 255).astype(np.uint8)
+            Image.fromarray(np.kron(image, np.ones((8, 8, 1), dtype=np.uint8))).save(paths["image"])
+            labels = np.kron(rng.choice(label_ids, size=(shape[0] // 8, shape[1] // 8)), np.ones((8, 8), dtype=np.int64))
+            Image.fromarray(labels.astype(np.uint8)).save(paths["labels"])
+            disparity = rng.integers(0, 30000, size=shape, dtype=np.int64)
+            Image.fromarray(disparity.astype(np.uint16)).save(paths["disparity"])
+            parts = labels.copy()
+            with_parts = np.isin(labels, (24, 25, 26, 27, 28))
+            part_ids = rng.integers(0, 6, size=shape)
+            parts[with_parts] = labels[with_parts] * 100000 + 1 * 100 + part_ids[with_parts]
+            Image.fromarray(parts.astype(np.int32)).save(paths["parts"])
+    return root
+
+
+def write_cifar10(root: str, per_batch: int = 200, n_test: int = 200, seed: int = 0) -> str:
+    """``cifar-10-batches-py/`` with 5 training batches of ``per_batch`` images, a test batch and batches.meta."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        count = n_test if name == "test_batch" else per_batch
+        labels = np.arange(count) % 10
+        rng.shuffle(labels)
+        # class-dependent colour so the main task is learnable
+        base = np.stack([labels * 25, 255 - labels * 25, (labels * 70) % 256], axis=1)[:, :, None]
+        pixels = np.clip(base + rng.normal(0, 40, size=(count, 3, 1024)), 0, 255).astype(np.uint8)
+        batch = {b"batch_label": name.encode(), b"labels": labels.tolist(), b"data": pixels.reshape(count, 3072),
+                 b"filenames": [f"{name}_{j}.png".encode() for j in range(count)]}
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump(batch, f)
+    with open(os.path.join(folder, "batches.meta"), "wb") as f:
+        pickle.dump({b"label_names": [f"class{c}".encode() for c in range(10)], b"num_cases_per_batch": per_batch,
+                     b"num_vis": 3072}, f)
+    return root
+
+
+def write_all(root: str) -> None:
+    write_nyuv2(os.path.join(root, "nyuv2"))
+    write_cityscapes(os.path.join(root, "cityscapes"))
+    write_cityscapes_mtan(os.path.join(root, "cityscapes_mtan"))
+    write_cityscapes_raw(os.path.join(root, "cityscapes_raw"))
+    write_cifar10(os.path.join(root, "cifar10"))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root")
+    write_all(parser.parse_args().root)
