@@ -186,6 +186,7 @@ class CifarSSL:
         if unknown or "classification" not in tasks:
             raise ValueError(f"tasks must include 'classification' and come from {TASKS}, got {list(tasks)}")
         self.tasks = tuple(tasks)
+        self.n_labeled = n_labeled
         self.device = torch.device(device)
         arrays = read_cifar10(root, download)
         self.splits = make_splits(arrays["train_labels"], n_labeled, val_size, meta_val_size, seed)

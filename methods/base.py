@@ -27,6 +27,8 @@ LossFunction = Callable[[Any], torch.Tensor]
 class WeightMethod:
     """Base class: a method with K tasks, one of which (``main_task``) is the main task."""
 
+    #: False for multi-task methods, whose update does not depend on which task is the main one
+    uses_main_task: bool = True
     #: names of tensor attributes that make up the method's learned state (saved, loaded, moved by ``to``)
     state_tensors: Sequence[str] = ()
 

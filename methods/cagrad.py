@@ -25,28 +25,29 @@ EPS = 1e-8  # inside the square root, as in the reference implementation
 
 def cagrad_objective(w: np.ndarray, gram: np.ndarray, radius: float) -> float:
     """F(w) = wᵀ A 1/K + radius · √(wᵀ A w + ε) for the Gram matrix A."""
-    return float(w @ gram.mean(axis=1) + radius * np.sqrt(w @ gram @ w + EPS))
+    return float(w @ gram.mean(axis=1) + radius * np.sqrt(max(w @ gram @ w, 0.0) + EPS))
 
 
 def solve_cagrad(gram: np.ndarray, radius: float, gap: float = 1e-10) -> np.ndarray:
     """Minimise ``cagrad_objective`` over the probability simplex by a barrier method (float64)."""
     k = gram.shape[0]
+    gram = 0.5 * (gram + gram.T)
     linear = gram.mean(axis=1)
     w = np.full(k, 1.0 / k)
 
     def barrier(x: np.ndarray, t: float) -> float:
-        return t * float(x @ linear + radius * np.sqrt(x @ gram @ x + EPS)) - float(np.log(x).sum())
+        return t * cagrad_objective(x, gram, radius) - float(np.log(x).sum())
 
     t = 1.0
     while True:
         for _ in range(100):
             a_w = gram @ w
-            norm = np.sqrt(w @ a_w + EPS)
+            norm = np.sqrt(max(w @ a_w, 0.0) + EPS)  # A may be singular: round-off can make wᵀAw < 0
             gradient = t * (linear + radius * a_w / norm) - 1.0 / w
             hessian = t * radius * (gram / norm - np.outer(a_w, a_w) / norm**3) + np.diag(1.0 / w**2)
             # Newton step with 1ᵀstep = 0, in the variables z = step / w where the barrier's Hessian is O(1)
             scaled = w[:, None] * hessian * w[None, :]
-            solved = np.linalg.solve(scaled, np.stack([w * gradient, w], axis=1))
+            solved = np.linalg.lstsq(scaled, np.stack([w * gradient, w], axis=1), rcond=None)[0]
             nu = -(w @ solved[:, 0]) / (w @ solved[:, 1])
             step = -w * (solved[:, 0] + nu * solved[:, 1])
             decrement = -gradient @ step
@@ -69,6 +70,8 @@ def solve_cagrad(gram: np.ndarray, radius: float, gap: float = 1e-10) -> np.ndar
 class CAGrad(GradientMethod):
     """Maximise the worst task improvement within a ball around the average gradient."""
 
+    uses_main_task = False  # a multi-task method: one model serves every task
+
     def __init__(self, n_tasks: int, main_task: int = 0, device=None, c: float = 0.4) -> None:
         super().__init__(n_tasks, main_task, device)
         self.c = c
@@ -82,7 +85,7 @@ class CAGrad(GradientMethod):
             normalised = gram / scale  # F scales with A: same minimiser, well-conditioned barrier
             radius = self.c * np.sqrt(normalised.mean() + EPS)
             w = solve_cagrad(normalised, radius)
-            lam = radius / (np.sqrt(w @ normalised @ w + EPS) + 1e-8 / np.sqrt(scale))
+            lam = radius / (np.sqrt(max(w @ normalised @ w, 0.0) + EPS) + 1e-8 / np.sqrt(scale))
             weights = (np.full(self.n_tasks, 1.0 / self.n_tasks) + lam * w) / (1 + self.c**2)
         weights = torch.as_tensor(weights, dtype=torch.float32, device=grads.shared.device)
         return weights, torch.ones_like(weights), {"weights": weights}

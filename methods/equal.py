@@ -9,5 +9,7 @@ from .base import FixedWeightMethod
 class Equal(FixedWeightMethod):
     """Σ_k L_k: every task, main or auxiliary, with weight 1."""
 
+    uses_main_task = False  # a multi-task method: one model serves every task
+
     def task_weights(self) -> torch.Tensor:
         return torch.ones(self.n_tasks, device=self.device)

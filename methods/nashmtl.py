@@ -14,6 +14,8 @@ from .auxinash import AuxiNash
 class NashMTL(AuxiNash):
     """Nash-MTL (Navon et al., ICML 2022): the symmetric bargaining solution, p = 1, nothing learned."""
 
+    uses_main_task = False  # a multi-task method: one model serves every task
+
     def __init__(
         self,
         n_tasks: int,

@@ -33,6 +33,8 @@ def pcgrad_weights(gram: torch.Tensor, generator: torch.Generator) -> torch.Tens
 class PCGrad(GradientMethod):
     """Sum of the per-task gradients after removing their pairwise conflicts."""
 
+    uses_main_task = False  # a multi-task method: one model serves every task
+
     def __init__(self, n_tasks: int, main_task: int = 0, device=None, seed: int = 0) -> None:
         super().__init__(n_tasks, main_task, device)
         self.generator = torch.Generator().manual_seed(seed)

@@ -176,6 +176,16 @@ def test_cagrad_optimal_and_matches_brute_force(k):
     assert cagrad_objective(w, gram, radius) <= values.min() + 1e-9
 
 
+def test_cagrad_rank_deficient_gram_is_finite():
+    """Three gradients in a plane (a singular Gram matrix), including a pair whose sum is zero."""
+    rng = np.random.default_rng(0)
+    for grads in (rng.normal(size=(3, 2)), np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])):
+        gram = grads @ grads.T
+        gram = gram / np.linalg.norm(gram)
+        w = solve_cagrad(gram, 0.4 * np.sqrt(max(gram.mean(), 0) + EPS))
+        assert np.all(np.isfinite(w)) and abs(w.sum() - 1) < 1e-9 and np.all(w >= 0)
+
+
 def test_cagrad_update(model, batch):
     g, _ = task_gradients(model, batch)
     info, shared, _ = run_backward(get_method("cagrad", 3, c=0.4), model, batch)

@@ -1,0 +1,1 @@
+"""Benchmarks, models, metrics, the shared training loop and the table / figure scripts."""

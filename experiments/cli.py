@@ -1,0 +1,121 @@
+"""Flags shared by every ``train_*.py`` script, and turning them into a ``TrainConfig``.
+
+Method hyperparameters default to None, meaning "the method's own default" (the papers' settings, see
+``methods/``); a flag only reaches the methods whose constructor takes it.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from methods import ALIASES, METHOD_NAMES
+
+from data import DatasetNotFoundError, MalformedDatasetError
+
+from .benchmarks import Benchmark
+from .loop import TrainConfig, method_kwargs_from_flags, train
+
+# flag name → constructor argument, where they differ
+FLAG_ALIASES = {"olaux_lr": "lr", "cagrad_c": "c", "gcs_weighted": "weighted", "auxilearn_linear": "linear"}
+
+
+def base_parser(description: str, lr: float, meta_every: int = 25) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run = parser.add_argument_group("run")
+    run.add_argument("--method", default="auxinash", choices=list(METHOD_NAMES) + list(ALIASES),
+                     help="weighting method (see methods/)")
+    run.add_argument("--main-task", default=None, help="the main task (default: the benchmark's first task)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
+    run.add_argument("--meta-every", type=int, default=meta_every,
+                     help="steps between meta-updates (AuxiNash p, AuxiLearn network, OL-AUX weights)")
+    run.add_argument("--meta-val-size", type=float, default=0,
+                     help="training data held out for meta-updates: a fraction (<1) or a count; 0 draws the "
+                          "meta-validation batches from the training set itself (the paper's default)")
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                     help="torch device, e.g. cpu, cuda, cuda:1")
+    run.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    run.add_argument("--representation", action="store_true",
+                     help="per-task gradients with respect to the shared representation instead of the shared "
+                          "parameters (cheaper; Nash-MTL's variant)")
+    run.add_argument("--width", type=float, default=1.0, help="channel width multiplier of the model")
+    run.add_argument("--out", default="results", help="results root")
+    run.add_argument("--tag", default="", help="suffix of the method's results folder (ablations)")
+    run.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    run.add_argument("--force", action="store_true", help="train again even if the run exists or finished")
+    run.add_argument("--stop-after", type=int, default=None,
+                     help="stop after this many rounds (epochs / evaluation blocks); continue with --resume")
+    run.add_argument("--log-level", default="INFO")
+    method = parser.add_argument_group("method hyperparameters (default: the method's paper setting)")
+    method.add_argument("--p", type=float, nargs="+", default=None,
+                        help="AuxiNash fixed bargaining powers (not learned): one value = the main task's share, "
+                             "the auxiliaries splitting the rest equally; or one value per task")
+    method.add_argument("--meta-lr", type=float, default=None, help="AuxiNash / AuxiLearn meta learning rate")
+    method.add_argument("--neumann-terms", type=int, default=None, help="AuxiNash / AuxiLearn Neumann terms")
+    method.add_argument("--neumann-scale", type=float, default=None, help="AuxiNash / AuxiLearn Neumann scale")
+    method.add_argument("--hypergrad-clip", type=float, default=None, help="AuxiNash / AuxiLearn clipping")
+    method.add_argument("--max-norm", type=float, default=None, help="Nash-MTL / AuxiNash max update norm")
+    method.add_argument("--update-weights-every", type=int, default=None, help="Nash-MTL / AuxiNash solve period")
+    method.add_argument("--solver", default=None, choices=["newton", "cvxpy"], help="Nash-MTL / AuxiNash solver")
+    method.add_argument("--gcs-weighted", action="store_true", default=None, help="GCS: scale by the cosine")
+    method.add_argument("--olaux-lr", type=float, default=None, help="OL-AUX step size β")
+    method.add_argument("--auxilearn-linear", action="store_true", default=None, help="AuxiLearn: linear network")
+    method.add_argument("--cagrad-c", type=float, default=None, help="CAGrad c")
+    return parser
+
+
+def expand_p(values: Optional[List[float]], n_tasks: int, main_index: int) -> Optional[List[float]]:
+    """``--p`` as one bargaining power per task (see its help)."""
+    if values is None:
+        return None
+    if len(values) == n_tasks:
+        return list(values)
+    if len(values) == 1 and 0 < values[0] < 1 and n_tasks > 1:
+        rest = (1 - values[0]) / (n_tasks - 1)
+        return [values[0] if k == main_index else rest for k in range(n_tasks)]
+    raise ValueError(f"--p takes one share in (0, 1) for the main task or {n_tasks} values, got {values}")
+
+
+def make_config(args: argparse.Namespace, task_names: List[str], lr_step: Optional[int]) -> TrainConfig:
+    main_task = args.main_task or task_names[0]
+    flags: Dict[str, Any] = dict(vars(args))
+    if args.p is not None:
+        flags["p"] = expand_p(args.p, len(task_names), task_names.index(main_task) if main_task in task_names else 0)
+        flags["learn_p"] = False
+    kwargs = method_kwargs_from_flags(args.method, flags, FLAG_ALIASES)
+    return TrainConfig(method=args.method, main_task=main_task, seed=args.seed, lr=args.lr, lr_step=lr_step,
+                       meta_every=args.meta_every, amp=args.amp, representation=args.representation, out=args.out,
+                       tag=args.tag, resume=args.resume, force=args.force, stop_after=args.stop_after,
+                       method_kwargs=kwargs, flags=flags)
+
+
+def run(parser: argparse.ArgumentParser, build_benchmark: Callable[[argparse.Namespace], Benchmark],
+        lr_step: Callable[[argparse.Namespace], Optional[int]], argv=None) -> str:
+    """Parse the flags, build the benchmark and train; a dataset problem exits with its message (status 2)."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        benchmark = build_benchmark(args)
+    except (DatasetNotFoundError, MalformedDatasetError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return train(benchmark, make_config(args, list(benchmark.task_names), lr_step(args)))
+
+
+def dense_flags(parser: argparse.ArgumentParser, env: str, default_root: str, batch_size: int
+                ) -> argparse.ArgumentParser:
+    """Flags of the SegNet benchmarks (NYUv2, Cityscapes), with the paper's defaults."""
+    group = parser.add_argument_group("data and schedule")
+    group.add_argument("--data-root", default=os.environ.get(env, default_root), help=f"dataset root (env {env})")
+    group.add_argument("--epochs", type=int, default=200)
+    group.add_argument("--lr-step", type=int, default=100, help="epochs between halvings of the learning rate")
+    group.add_argument("--batch-size", type=int, default=batch_size)
+    group.add_argument("--no-augment", action="store_true", help="turn off the random scale-crop and flip")
+    group.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
+    return parser

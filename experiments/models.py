@@ -1,0 +1,187 @@
+"""Models: the split SegNet of MTAN / Nash-MTL / the official AuxiNash code, a WRN-28-2 with
+classification, rotation and Exemplar-MT heads, and the linear model of the illustrative example.
+
+Every model returns a dict of raw head outputs and says which parameters are shared and which belong to
+one task (``shared_parameters`` / ``task_specific_parameters``). ``width`` scales every channel count, so
+tests and quick runs use tiny versions of the very same architectures.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Dict, List, Mapping
+
+import torch
+from torch import nn
+
+
+def scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class MultiTaskModel(nn.Module):
+    """A shared trunk plus ``self.heads`` (one module per task)."""
+
+    heads: nn.ModuleDict
+
+    def shared_parameters(self) -> List[nn.Parameter]:
+        head_ids = {id(p) for p in self.heads.parameters()}
+        return [p for p in self.parameters() if id(p) not in head_ids]
+
+    def task_specific_parameters(self) -> List[nn.Parameter]:
+        return list(self.heads.parameters())
+
+
+class SegNet(MultiTaskModel):
+    """SegNet split (MTAN, Liu et al. CVPR 2019): a VGG16-like encoder-decoder with max-unpooling, shared by
+    all tasks, and per task a 3×3 conv + 1×1 conv head on the last decoder features (64 channels at width 1).
+
+    ``tasks`` maps each task name to its number of output channels.
+    """
+
+    def __init__(self, tasks: Mapping[str, int], width: float = 1.0) -> None:
+        super().__init__()
+        filters = [scaled(c, width) for c in (64, 128, 256, 512, 512)]
+        self.encoder_block = nn.ModuleList([conv_bn_relu(3, filters[0])])
+        self.decoder_block = nn.ModuleList([conv_bn_relu(filters[0], filters[0])])
+        self.conv_block_enc = nn.ModuleList([conv_bn_relu(filters[0], filters[0])])
+        self.conv_block_dec = nn.ModuleList([conv_bn_relu(filters[0], filters[0])])
+        for i in range(4):
+            self.encoder_block.append(conv_bn_relu(filters[i], filters[i + 1]))
+            self.decoder_block.append(conv_bn_relu(filters[i + 1], filters[i]))
+            repeat = 1 if i == 0 else 2
+            self.conv_block_enc.append(nn.Sequential(*[conv_bn_relu(filters[i + 1], filters[i + 1])
+                                                       for _ in range(repeat)]))
+            self.conv_block_dec.append(nn.Sequential(*[conv_bn_relu(filters[i], filters[i]) for _ in range(repeat)]))
+        self.heads = nn.ModuleDict({name: nn.Sequential(nn.Conv2d(filters[0], filters[0], 3, padding=1),
+                                                        nn.Conv2d(filters[0], channels, 1))
+                                    for name, channels in tasks.items()})
+        self.pool = nn.MaxPool2d(2, 2, return_indices=True)
+        self.unpool = nn.MaxUnpool2d(2, 2)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_normal_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared representation: the last decoder features."""
+        indices = []
+        for encoder, conv in zip(self.encoder_block, self.conv_block_enc):
+            x, index = self.pool(conv(encoder(x)))
+            indices.append(index)
+        for i in range(5):
+            x = self.unpool(x, indices[-i - 1])
+            x = self.conv_block_dec[-i - 1](self.decoder_block[-i - 1](x))
+        return x
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        features = self.encode(x)
+        return {name: head(features) for name, head in self.heads.items()}
+
+
+class BasicBlock(nn.Module):
+    """Pre-activation wide residual block (Zagoruyko & Komodakis, 2016)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = None if c_in == c_out and stride == 1 else nn.Conv2d(c_in, c_out, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        skip = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv1(out)
+        return skip + self.conv2(torch.relu(self.bn2(out)))
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-widen feature extractor (WRN-28-2 by default): 64·widen-dimensional features."""
+
+    def __init__(self, depth: int = 28, widen: int = 2, width: float = 1.0) -> None:
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
+        blocks = (depth - 4) // 6
+        channels = [scaled(16, width)] + [scaled(c * widen, width) for c in (16, 32, 64)]
+        layers: List[nn.Module] = [nn.Conv2d(3, channels[0], 3, 1, 1, bias=False)]
+        for group in range(3):
+            for b in range(blocks):
+                layers.append(BasicBlock(channels[group] if b == 0 else channels[group + 1], channels[group + 1],
+                                         (1 if group == 0 else 2) if b == 0 else 1))
+        layers += [nn.BatchNorm2d(channels[-1]), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.out_features = channels[-1]
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+class CifarSSLNet(MultiTaskModel):
+    """WRN-28-2 trunk with a 10-way classification head, a 4-way rotation head and an Exemplar-MT projection.
+
+    ``teacher`` is an exponential moving average (decay 0.95) of the trunk and projection, updated by
+    ``after_step``; it gives the Exemplar-MT targets and is never trained by gradients.
+    """
+
+    def __init__(self, n_classes: int = 10, width: float = 1.0, ema_decay: float = 0.95, depth: int = 28,
+                 widen: int = 2) -> None:
+        super().__init__()
+        self.trunk = WideResNet(depth, widen, width)
+        dim = self.trunk.out_features
+        self.heads = nn.ModuleDict({"classification": nn.Linear(dim, n_classes), "rotation": nn.Linear(dim, 4),
+                                    "exemplar": nn.Linear(dim, dim)})
+        self.ema_decay = ema_decay
+        self.teacher = nn.ModuleDict({"trunk": copy.deepcopy(self.trunk),
+                                      "projection": copy.deepcopy(self.heads["exemplar"])})
+        self.teacher.requires_grad_(False)
+
+    def shared_parameters(self) -> List[nn.Parameter]:
+        return list(self.trunk.parameters())
+
+    @torch.no_grad()
+    def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
+        was_training = self.teacher.training
+        self.teacher.train(self.training)
+        out = self.teacher["projection"](self.teacher["trunk"](x))
+        self.teacher.train(was_training)
+        return out
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """EMA update of the teacher from the student trunk and projection."""
+        student = list(self.trunk.parameters()) + list(self.heads["exemplar"].parameters())
+        teacher = list(self.teacher["trunk"].parameters()) + list(self.teacher["projection"].parameters())
+        for s, t in zip(student, teacher):
+            t.mul_(self.ema_decay).add_(s.detach(), alpha=1 - self.ema_decay)
+        for s, t in zip(self.trunk.buffers(), self.teacher["trunk"].buffers()):
+            t.copy_(s)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        features = self.trunk(x)
+        return {name: head(features) for name, head in self.heads.items()}
+
+
+class SharedLinear(MultiTaskModel):
+    """The illustrative example: every task predicts y = Wᵀx with the same two shared parameters W."""
+
+    def __init__(self, tasks: Mapping[str, int], n_inputs: int = 2, init: float = 0.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((n_inputs,), float(init)))
+        self.task_names = list(tasks)
+        self.heads = nn.ModuleDict()
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        prediction = x @ self.weight
+        return {name: prediction for name in self.task_names}

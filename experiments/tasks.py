@@ -1,0 +1,77 @@
+"""Task definitions: for each prediction task its loss (MTAN lineage, as Nash-MTL and the official AuxiNash
+code) and its metrics, together.
+
+- segmentation: cross-entropy (NLL of log-softmax), −1 ignored; metrics mIoU and pixel accuracy;
+- depth / disparity: L1 over valid pixels (target ≠ 0); metrics absolute and relative error;
+- normal: 1 − mean cosine over valid pixels (target ≠ 0), predictions L2-normalised per pixel; metrics the
+  angle's mean, median and % within 11.25°, 22.5°, 30°;
+- classification: cross-entropy, −1 ignored; metric accuracy;
+- regression (the illustrative example): mean squared error;
+- exemplar (Exemplar-MT): its loss is computed by the CIFAR benchmark (teacher features); no metric.
+Metric columns are ``<task>_<metric>``; ``table_metrics`` lists those that enter the paper's tables and Δm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .metrics import Accuracy, ConfusionMatrix, DepthError, MeanSquaredError, NormalError
+
+# metric → higher is better
+METRICS = {
+    "segmentation": {"miou": True, "pixacc": True},
+    "depth": {"abs_err": False, "rel_err": False},
+    "disparity": {"abs_err": False, "rel_err": False},
+    "normal": {"mean": False, "median": False, "within_11_25": True, "within_22_5": True, "within_30": True},
+    "classification": {"acc": True},
+    "regression": {"mse": False},
+    "exemplar": {},
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """A prediction task: ``name`` (column prefix), the batch ``key`` of its target, its ``kind``."""
+
+    name: str
+    key: str
+    kind: str
+    n_classes: int = 0
+    table_metrics: Tuple[str, ...] = ()
+
+    @property
+    def channels(self) -> int:
+        return {"segmentation": self.n_classes, "classification": self.n_classes, "normal": 3}.get(self.kind, 1)
+
+    def columns(self, table_only: bool = False) -> Dict[str, bool]:
+        """``<name>_<metric>`` → higher is better."""
+        metrics = METRICS[self.kind]
+        keep = self.table_metrics if (table_only and self.table_metrics) else tuple(metrics)
+        return {f"{self.name}_{m}": metrics[m] for m in keep}
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        prediction = prediction.float()
+        if self.kind in ("segmentation", "classification"):
+            return F.cross_entropy(prediction, target, ignore_index=-1)
+        if self.kind in ("depth", "disparity"):
+            valid = (target != 0).float()
+            return ((prediction - target).abs() * valid).sum() / valid.sum().clamp(min=1)
+        if self.kind == "regression":
+            return F.mse_loss(prediction, target)
+        if self.kind == "normal":
+            valid = (target.norm(dim=1, keepdim=True) != 0).float()
+            cosine = (F.normalize(prediction, dim=1) * target * valid).sum()
+            return 1 - cosine / valid.sum().clamp(min=1)
+        raise ValueError(f"unknown task kind {self.kind!r}")
+
+    def accumulator(self):
+        if self.kind == "segmentation":
+            return ConfusionMatrix(self.n_classes)
+        if self.kind == "classification":
+            return Accuracy()
+        if self.kind == "regression":
+            return MeanSquaredError()
+        return NormalError() if self.kind == "normal" else DepthError()
