@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import List, Tuple
@@ -144,6 +145,9 @@ def prepare_item(job: Tuple[str, str, str, str, str, int]) -> None:
 
 def prepare_cityscapes(raw: str, out: str, workers: int = 1, splits=("train", "val")) -> None:
     """Build the 128×256 parts layout under ``out`` from the official downloads under ``raw``."""
+    if os.path.exists(os.path.join(raw, "SYNTHETIC")):  # keep the synthetic marker (see data.synthetic)
+        os.makedirs(out, exist_ok=True)
+        shutil.copy(os.path.join(raw, "SYNTHETIC"), os.path.join(out, "SYNTHETIC"))
     for split in splits:
         stems = list_stems(raw, split)
         for name in OUTPUTS:

@@ -53,6 +53,14 @@ def _normals(depth: np.ndarray) -> np.ndarray:
     return normal.astype(np.float32)
 
 
+def mark_synthetic(root: str) -> str:
+    """Leave the SYNTHETIC marker that makes result tables say 'synthetic smoke run'."""
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "SYNTHETIC"), "w") as f:
+        f.write("written by data/synthetic.py: random scenes, not the real dataset\n")
+    return root
+
+
 def _save(root: str, split: str, folder: str, index: int, array: np.ndarray) -> None:
     os.makedirs(os.path.join(root, split, folder), exist_ok=True)
     np.save(os.path.join(root, split, folder, f"{index}.npy"), array)
@@ -70,7 +78,7 @@ def write_nyuv2(root: str, n_train: int = 4, n_test: int = 3, shape: Tuple[int, 
             _save(root, split, "label", i, _labels(image, nyuv2.N_CLASSES, rng))
             _save(root, split, "depth", i, depth)
             _save(root, split, "normal", i, _normals(depth))
-    return root
+    return mark_synthetic(root)
 
 
 def write_cityscapes(root: str, n_train: int = 4, n_test: int = 3, shape: Tuple[int, int] = cityscapes.SHAPE,
@@ -84,7 +92,7 @@ def write_cityscapes(root: str, n_train: int = 4, n_test: int = 3, shape: Tuple[
             _save(root, split, "seg", i, _labels(image, 19, rng))
             _save(root, split, "part_seg", i, _labels(image[..., ::-1].copy(), cityscapes.PART_CLASSES, rng))
             _save(root, split, "disp", i, 10.0 * _depth(image, rng) / 6.0)
-    return root
+    return mark_synthetic(root)
 
 
 def write_cityscapes_mtan(root: str, n_train: int = 4, n_test: int = 3, shape: Tuple[int, int] = cityscapes.SHAPE,
@@ -98,7 +106,7 @@ def write_cityscapes_mtan(root: str, n_train: int = 4, n_test: int = 3, shape: T
             _save(root, split, "label_7", i, _labels(image, 7, rng))
             _save(root, split, "label_19", i, _labels(image, 19, rng))
             _save(root, split, "depth", i, _depth(image, rng))
-    return root
+    return mark_synthetic(root)
 
 
 def write_cityscapes_raw(root: str, n_train: int = 2, n_test: int = 1, shape: Tuple[int, int] = (1024, 2048),
@@ -129,7 +137,7 @@ def write_cityscapes_raw(root: str, n_train: int = 2, n_test: int = 1, shape: Tu
             part_ids = rng.integers(0, 6, size=shape)
             parts[with_parts] = labels[with_parts] * 100000 + 1 * 100 + part_ids[with_parts]
             Image.fromarray(parts.astype(np.int32)).save(paths["parts"])
-    return root
+    return mark_synthetic(root)
 
 
 def write_cifar10(root: str, per_batch: int = 200, n_test: int = 200, seed: int = 0) -> str:
@@ -152,18 +160,22 @@ def write_cifar10(root: str, per_batch: int = 200, n_test: int = 200, seed: int 
     with open(os.path.join(folder, "batches.meta"), "wb") as f:
         pickle.dump({b"label_names": [f"class{c}".encode() for c in range(10)], b"num_cases_per_batch": per_batch,
                      b"num_vis": 3072}, f)
-    return root
+    return mark_synthetic(root)
 
 
-def write_all(root: str) -> None:
-    write_nyuv2(os.path.join(root, "nyuv2"))
-    write_cityscapes(os.path.join(root, "cityscapes"))
-    write_cityscapes_mtan(os.path.join(root, "cityscapes_mtan"))
-    write_cityscapes_raw(os.path.join(root, "cityscapes_raw"))
+def write_all(root: str, small: bool = False) -> None:
+    """Every layout under ``root``; ``small`` shrinks the images (NYUv2 64×96, Cityscapes 32×64) for quick runs
+    (SegNet needs sides divisible by 32)."""
+    write_nyuv2(os.path.join(root, "nyuv2"), shape=(64, 96) if small else nyuv2.SHAPE)
+    write_cityscapes(os.path.join(root, "cityscapes"), shape=(32, 64) if small else cityscapes.SHAPE)
+    write_cityscapes_mtan(os.path.join(root, "cityscapes_mtan"), shape=(32, 64) if small else cityscapes.SHAPE)
+    write_cityscapes_raw(os.path.join(root, "cityscapes_raw"), shape=(256, 512) if small else (1024, 2048))
     write_cifar10(os.path.join(root, "cifar10"))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root")
-    write_all(parser.parse_args().root)
+    parser.add_argument("--small", action="store_true", help="smaller images (NYUv2 64×96, Cityscapes 32×64)")
+    arguments = parser.parse_args()
+    write_all(arguments.root, arguments.small)

@@ -68,6 +68,8 @@ class SegNet(MultiTaskModel):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The shared representation: the last decoder features."""
+        if x.shape[-2] % 32 or x.shape[-1] % 32:
+            raise ValueError(f"SegNet pools five times: image sides must be multiples of 32, got {tuple(x.shape[-2:])}")
         indices = []
         for encoder, conv in zip(self.encoder_block, self.conv_block_enc):
             x, index = self.pool(conv(encoder(x)))

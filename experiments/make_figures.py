@@ -1,0 +1,116 @@
+"""Figures from the runs' metrics.csv files: ``results/figures/*.png``.
+
+    python experiments/make_figures.py [--results results]
+
+- ``<benchmark>_auxinash_weights.png``: AuxiNash's bargaining powers p (top) and the share of each task in
+  the weights α (bottom) over training, one panel per main task (as the paper's Figure 4); seed 0.
+- ``<benchmark>_curves.png``: each task's first test metric over training for every method, from the run
+  whose main task it is (or the multi-task run); seed 0.
+The illustrative example draws its own figure (``experiments/train_toy.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from experiments.results_io import read_json  # noqa: E402
+
+log = logging.getLogger("make_figures")
+
+
+def runs_of(results: str, benchmark: str, seed: int = 0):
+    """(method folder, main folder, config, metrics) of every run of ``benchmark`` with this seed."""
+    for path in sorted(glob.glob(os.path.join(results, benchmark, "*", "main-*", f"seed{seed}", "metrics.csv"))):
+        run_dir = os.path.dirname(path)
+        parts = run_dir.split(os.sep)
+        yield parts[-3], parts[-2], read_json(os.path.join(run_dir, "config.json")), pd.read_csv(path)
+
+
+def weights_figure(results: str, benchmark: str, path: str) -> bool:
+    runs = [(main, config, rows) for method, main, config, rows in runs_of(results, benchmark) if method == "auxinash"]
+    if not runs:
+        return False
+    figure, axes = plt.subplots(2, len(runs), figsize=(4.5 * len(runs), 6), squeeze=False)
+    for column, (main, config, rows) in enumerate(runs):
+        train_rows = rows[rows.split == "train"]
+        tasks = config["tasks"]
+        alpha = train_rows[[f"weight_{t}" for t in tasks]]
+        share = alpha.div(alpha.sum(axis=1), axis=0)
+        for task in tasks:
+            axes[0, column].plot(train_rows["step"], train_rows[f"p_{task}"], label=task)
+            axes[1, column].plot(train_rows["step"], share[f"weight_{task}"], label=task)
+        axes[0, column].set_title(f"main task: {main.removeprefix('main-')}")
+        axes[0, column].set_ylabel("bargaining power p")
+        axes[1, column].set_ylabel("share of α")
+        axes[1, column].set_xlabel("step")
+        axes[0, column].legend(fontsize=8)
+    figure.suptitle(f"{benchmark}: AuxiNash bargaining power and task weights (seed 0)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def curves_figure(results: str, benchmark: str, path: str) -> bool:
+    runs = list(runs_of(results, benchmark))
+    if not runs:
+        return False
+    tasks = runs[0][2]["tasks"]
+    figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    for column, task in enumerate(tasks):
+        axis = axes[0, column]
+        for method, main, config, rows in runs:
+            if main not in (f"main-{task}", "main-all"):
+                continue
+            test = rows[rows.split == "test"]
+            metric = next((c for c in test.columns if c.startswith(f"{task}_") and test[c].notna().any()), None)
+            if metric is not None:
+                axis.plot(test["step"], test[metric], label=method)
+                axis.set_ylabel(metric)
+        axis.set_title(f"{task} (as main task)")
+        axis.set_xlabel("step")
+        if axis.lines:
+            axis.legend(fontsize=7)
+    figure.suptitle(f"{benchmark}: test metric of the main task over training (seed 0)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def make_figures(results: str = "results") -> list:
+    out = os.path.join(results, "figures")
+    os.makedirs(out, exist_ok=True)
+    written = []
+    benchmarks = sorted({os.path.basename(os.path.dirname(os.path.dirname(p)))
+                         for p in glob.glob(os.path.join(results, "*", "*", "main-*"))} - {"toy"})
+    for benchmark in benchmarks:
+        for name, draw in (("auxinash_weights", weights_figure), ("curves", curves_figure)):
+            path = os.path.join(out, f"{benchmark}_{name}.png")
+            if draw(results, benchmark, path):
+                written.append(path)
+    return written
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default="results")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    for path in make_figures(args.results):
+        log.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Turn every run's metrics.csv into the paper's tables: ``results/tables/<table>.md`` and ``.tex``.
+
+    python experiments/make_tables.py [--results results]
+
+Per run: the mean test metrics over the last 10 evaluations (NYUv2, Cityscapes: the paper's protocol) or the
+test metrics at the best validation accuracy (CIFAR-10 SSL: early stopping). Per method: multi-task methods
+(STL aside) train one model whose metrics fill every column (``main-all``); STL and the auxiliary-learning
+methods train one model per main task and each column comes from the model whose main task it measures. Cells
+are mean ± std over seeds, the best mean of each column in bold; Δm is against our own STL; the paper's value
+(``results/paper/`` of this repository, the paper's Tables 1-4, 8, 9) stands in parentheses, its Δm in its own column.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from experiments.metrics import delta_m  # noqa: E402
+from experiments.results_io import read_json  # noqa: E402
+
+log = logging.getLogger("make_tables")
+LAST_EVALUATIONS = 10
+PAPER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "paper")
+# our method folder → the paper's row name, in the paper's order
+PAPER_ROWS = {"stl": "STL", "equal": "LS", "pcgrad": "PCGrad", "cagrad": "CAGrad", "nashmtl": "Nash-MTL",
+              "gcs": "GCS", "olaux": "OL-AUX", "auxilearn": "AuxiLearn", "auxinash": "AuxiNash"}
+
+
+@dataclass
+class TableSpec:
+    """One table: its ``columns`` (→ higher is better) and, per row, our method folder and the paper's row."""
+
+    name: str
+    benchmark: str
+    columns: Dict[str, bool]
+    rows: List[Tuple[str, str, Optional[str]]]  # (label, method folder, paper row)
+    paper_file: Optional[str]
+    title: str
+
+
+NYUV2_COLUMNS = {"seg_miou": True, "seg_pixacc": True, "depth_abs_err": False, "depth_rel_err": False,
+                 "normal_mean": False, "normal_median": False, "normal_within_11_25": True,
+                 "normal_within_22_5": True, "normal_within_30": True}
+CITYSCAPES_COLUMNS = {"seg_miou": True, "seg_pixacc": True, "part_seg_miou": True, "part_seg_pixacc": True,
+                      "disp_abs_err": False}
+MAIN_ROWS = [(label, method, label) for method, label in PAPER_ROWS.items()]
+
+
+def table_specs() -> List[TableSpec]:
+    specs = [
+        TableSpec("nyuv2", "nyuv2", NYUV2_COLUMNS, MAIN_ROWS, "nyuv2.csv", "NYUv2 (paper Table 1)"),
+        TableSpec("cityscapes", "cityscapes", CITYSCAPES_COLUMNS, MAIN_ROWS, "cityscapes.csv",
+                  "Cityscapes (paper Table 2)"),
+        TableSpec("nyuv2_fixed_p", "nyuv2", NYUV2_COLUMNS,
+                  [("STL", "stl", "STL")] + [(f"AuxiNash ({p})", f"auxinash_fixed-p{p}", f"AuxiNash ({p})")
+                                             for p in ("0.7", "0.8", "0.9")] + [("AuxiNash", "auxinash", "AuxiNash")],
+                  "nyuv2_fixed_p.csv", "NYUv2, AuxiNash with fixed p (paper Table 8)"),
+        TableSpec("nyuv2_meta_lr", "nyuv2", NYUV2_COLUMNS,
+                  [("STL", "stl", None)] + [(f"AuxiNash (lr = {lr})", f"auxinash_meta-lr{lr}" if lr != "5e-3" else "auxinash",
+                                             f"AuxiNash (lr = {lr})") for lr in ("5e-3", "1e-2", "1e-3")],
+                  "nyuv2_meta_lr.csv", "NYUv2, learning rate of p (paper Table 9)"),
+    ]
+    for benchmark in ("nyuv2", "cityscapes"):
+        specs.append(TableSpec(f"{benchmark}_aux_set", benchmark, {"seg_miou": True},
+                               [("STL", "stl", "STL"), ("STL Partial", "stl_partial", "STL Partial"),
+                                ("AuxiNash", "auxinash", "AuxiNash"), ("AuxiNash Aux. Set", "auxinash_aux-set",
+                                                                       "AuxiNash Aux. Set")],
+                               "aux_set.csv", f"{benchmark}: held-out auxiliary set, semantic segmentation main "
+                                              f"(paper Table 3)"))
+    return specs
+
+
+def run_result(run_dir: str) -> Dict[str, float]:
+    """One run's test metrics under its benchmark's selection rule."""
+    config = read_json(os.path.join(run_dir, "config.json"))
+    rows = pd.read_csv(os.path.join(run_dir, "metrics.csv"))
+    test = rows[rows.split == "test"].set_index("round")
+    if config.get("selection") == "best_val":
+        val = rows[rows.split == "val"].set_index("round")
+        accuracy = [c for c in val.columns if c.endswith("_acc")][0]
+        best = val[accuracy].idxmax()
+        return test.loc[best].drop(["step", "split"], errors="ignore").dropna().to_dict()
+    last = test.sort_index().tail(LAST_EVALUATIONS)
+    return last.drop(columns=["step", "split"], errors="ignore").mean(numeric_only=True).dropna().to_dict()
+
+
+def collect(results: str, benchmark: str) -> Dict[str, Dict[str, Dict[int, Dict[str, float]]]]:
+    """method folder → main folder → seed → metrics, over the runs with a metrics.csv."""
+    found: Dict[str, Dict[str, Dict[int, Dict[str, float]]]] = {}
+    for path in sorted(glob.glob(os.path.join(results, benchmark, "*", "main-*", "seed*", "metrics.csv"))):
+        run_dir = os.path.dirname(path)
+        seed_dir, main_dir, method_dir = run_dir.split(os.sep)[-1], run_dir.split(os.sep)[-2], run_dir.split(os.sep)[-3]
+        try:
+            found.setdefault(method_dir, {}).setdefault(main_dir, {})[int(seed_dir[4:])] = run_result(run_dir)
+        except (KeyError, ValueError, IndexError) as error:  # an unfinished run without test rows
+            log.warning("skipping %s: %s", run_dir, error)
+    return found
+
+
+def method_seeds(runs: Dict[str, Dict[int, Dict[str, float]]], columns: Sequence[str]) -> Dict[int, Dict[str, float]]:
+    """seed → the table's columns for one method, each column from the run whose main task it measures."""
+    per_seed: Dict[int, Dict[str, float]] = {}
+    for column in columns:
+        task = column.rsplit("_", 1)[0]
+        while task and f"main-{task}" not in runs and "_" in task:
+            task = task.rsplit("_", 1)[0]
+        source = runs.get("main-all") or runs.get(f"main-{task}") or {}
+        for seed, metrics in source.items():
+            if column in metrics:
+                per_seed.setdefault(seed, {})[column] = metrics[column]
+    return per_seed
+
+
+def assemble(spec: TableSpec, results: str) -> Optional[pd.DataFrame]:
+    """Rows of ``spec`` that have runs: per column mean and std over seeds, and the seed count."""
+    runs = collect(results, spec.benchmark)
+    rows = []
+    for label, method_dir, _ in spec.rows:
+        if method_dir not in runs:
+            continue
+        per_seed = method_seeds(runs[method_dir], list(spec.columns))
+        if not per_seed:
+            continue
+        frame = pd.DataFrame.from_dict(per_seed, orient="index").reindex(columns=list(spec.columns))
+        row = {"label": label, "seeds": len(frame)}
+        for column in spec.columns:
+            row[column] = frame[column].mean()
+            row[f"{column}_std"] = frame[column].std(ddof=1) if frame[column].count() > 1 else 0.0
+        rows.append(row)
+    return pd.DataFrame(rows) if rows else None
+
+
+def paper_values(spec: TableSpec) -> Dict[str, Dict[str, float]]:
+    path = os.path.join(PAPER_DIR, spec.paper_file) if spec.paper_file else ""
+    if not os.path.exists(path):
+        return {}
+    return pd.read_csv(path).set_index("method").to_dict("index")
+
+
+def run_descriptions(results: str, benchmark: str) -> Tuple[bool, List[str]]:
+    """Whether any run used synthetic data, and the devices the runs used."""
+    synthetic, devices = False, set()
+    for path in glob.glob(os.path.join(results, benchmark, "*", "main-*", "seed*", "config.json")):
+        config = read_json(path)
+        synthetic |= bool(config.get("synthetic_data"))
+        devices.add(config.get("device_name", "?"))
+    return synthetic, sorted(devices)
+
+
+def format_table(spec: TableSpec, ours: pd.DataFrame, paper: Dict[str, Dict[str, float]], results: str,
+                 latex: bool) -> str:
+    stl = ours[ours.label == "STL"]
+    baseline = stl.iloc[0].to_dict() if len(stl) else None
+    best = {c: (ours[c].max() if higher else ours[c].min()) for c, higher in spec.columns.items()}
+    header = ["method"] + list(spec.columns) + ["Δm (ours)", "Δm (paper)", "seeds"]
+    lines = []
+    for _, row in ours.iterrows():
+        paper_row = paper.get(next(p for label, _, p in spec.rows if label == row["label"]) or "", {})
+        cells = [row["label"]]
+        for column in spec.columns:
+            value = f"{row[column]:.4g} ± {row[column + '_std']:.2g}"
+            if row[column] == best[column] and len(ours) > 1:
+                value = f"\\textbf{{{value}}}" if latex else f"**{value}**"
+            if column in paper_row and not pd.isna(paper_row[column]):
+                value += f" ({paper_row[column]:g})"
+            cells.append(value)
+        dm = delta_m(row, baseline, spec.columns) if baseline is not None and row["label"] != "STL" else math.nan
+        cells.append("" if math.isnan(dm) else f"{dm:+.2f}")
+        paper_dm = paper_row.get("delta_m", math.nan)
+        cells.append("" if pd.isna(paper_dm) else f"{paper_dm:+.2f}")
+        cells.append(str(int(row["seeds"])))
+        lines.append(cells)
+    synthetic, devices = run_descriptions(results, spec.benchmark)
+    caption = (f"{spec.title}. Ours: mean ± std over seeds ({', '.join(devices)}); in parentheses the paper's "
+               f"value. Δm against our STL (lower is better).")
+    if synthetic:
+        caption = "SYNTHETIC SMOKE RUN, not comparable to the paper. " + caption
+    if latex:
+        def tex(text: str) -> str:
+            return text.replace("_", "\\_").replace("±", "$\\pm$").replace("Δm", "$\\Delta_m$")
+        body = " \\\\\n".join(" & ".join(tex(c) for c in line) for line in lines)
+        columns = " & ".join(tex(h) for h in header)
+        return ("\\begin{table}\n\\caption{" + tex(caption) + "}\n\\begin{tabular}{l" + "c" * (len(header) - 1)
+                + "}\n\\toprule\n" + columns + " \\\\\n\\midrule\n" + body
+                + " \\\\\n\\bottomrule\n\\end{tabular}\n\\end{table}\n")
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table += ["| " + " | ".join(line) + " |" for line in lines]
+    return f"{caption}\n\n" + "\n".join(table) + "\n"
+
+
+def cifar_table(results: str) -> Optional[str]:
+    """CIFAR-10 SSL test accuracy per labelled-set size (paper Table 4: 5K and 10K labels)."""
+    benchmarks = sorted(os.path.basename(p) for p in glob.glob(os.path.join(results, "cifar10_ssl_*")))
+    if not benchmarks:
+        return None
+    paper = {}
+    if os.path.exists(os.path.join(PAPER_DIR, "cifar10_ssl.csv")):
+        paper = pd.read_csv(os.path.join(PAPER_DIR, "cifar10_ssl.csv")).set_index("method").to_dict("index")
+    synthetic = any(run_descriptions(results, b)[0] for b in benchmarks)
+    lines = []
+    for method, label in PAPER_ROWS.items():
+        cells = [label]
+        for benchmark in benchmarks:
+            runs = collect(results, benchmark).get(method, {})
+            values = [m["cls_acc"] for main in runs.values() for m in main.values() if "cls_acc" in m]
+            cell = f"{np.mean(values):.2f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.2f} (n={len(values)})" \
+                if values else ""
+            paper_column = f"acc_{benchmark.removeprefix('cifar10_ssl_')}_labels"
+            if label in paper and paper_column in paper[label]:
+                cell += f" [paper {paper[label][paper_column]:.2f} ± {paper[label][paper_column + '_pm']:.2f}]"
+            cells.append(cell)
+        lines.append(cells)
+    caption = ("CIFAR-10 SSL test accuracy (%) at the best validation accuracy, mean ± std over n seeds (paper "
+               "Table 4: 5K and 10K labels; the paper's values in brackets).")
+    if synthetic:
+        caption = "SYNTHETIC SMOKE RUN, not comparable to the paper. " + caption
+    header = ["method"] + [f"{b.removeprefix('cifar10_ssl_')} labels" for b in benchmarks]
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table += ["| " + " | ".join(c) + " |" for c in lines]
+    return f"{caption}\n\n" + "\n".join(table) + "\n"
+
+
+def make_tables(results: str = "results") -> List[str]:
+    """Write every table that has runs; return the paths written."""
+    out = os.path.join(results, "tables")
+    os.makedirs(out, exist_ok=True)
+    written = []
+    for spec in table_specs():
+        ours = assemble(spec, results)
+        ablation_rows = {label for label, method_dir, _ in spec.rows if "_" in method_dir}
+        if ours is None or (spec.name != spec.benchmark and not ablation_rows & set(ours.label)):
+            continue  # an ablation table needs its ablation runs
+        paper = paper_values(spec)
+        for latex, suffix in ((False, "md"), (True, "tex")):
+            path = os.path.join(out, f"{spec.name}.{suffix}")
+            with open(path, "w") as f:
+                f.write(format_table(spec, ours, paper, results, latex))
+            written.append(path)
+    text = cifar_table(results)
+    if text:
+        path = os.path.join(out, "cifar10_ssl.md")
+        with open(path, "w") as f:
+            f.write(text)
+        written.append(path)
+    return written
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default="results", help="results root")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    for path in make_tables(args.results):
+        log.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Reproduce the paper's tables: every benchmark x method x main task x seed, then the tables and figures.
+#
+#   ./run_all.sh                      # the paper's settings (GPU), data roots from flags or environment
+#   ./run_all.sh --quick              # every run at tiny settings on synthetic layouts, CPU, ~10 minutes
+#   ./run_all.sh --dry-run            # print the run list, one command line per run
+#
+# Options:
+#   --benchmarks "nyuv2 cityscapes cifar10_ssl toy"   which benchmarks (default: all four)
+#   --methods "stl equal pcgrad cagrad nashmtl gcs olaux auxilearn auxinash"
+#   --seeds "0 1 2"                   seeds (default: 0 1 2; --quick: 0)
+#   --ablations                       add the ablation runs (fixed p, learning rate of p, held-out aux set)
+#   --nyuv2-root DIR --cityscapes-root DIR --cifar10-root DIR   (or NYUV2_ROOT, CITYSCAPES_ROOT, CIFAR10_ROOT)
+#   --out DIR                         results root (default: results)
+#   --device DEV                      torch device passed to every run (default: the scripts' choice)
+#   --force                           train finished runs again
+#   --dry-run                         print the runs and stop
+# A benchmark whose data is missing is reported and skipped. Finished runs are not trained again; an
+# interrupted run resumes from its last checkpoint (every run gets --resume).
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python}
+BENCHMARKS="nyuv2 cityscapes cifar10_ssl toy"
+METHODS="stl equal pcgrad cagrad nashmtl gcs olaux auxilearn auxinash"
+MULTI_TASK=" equal pcgrad cagrad nashmtl "
+SEEDS=""
+ABLATIONS=0 QUICK=0 DRY=0 FORCE=""
+OUT=results
+DEVICE=""
+NYUV2_ROOT=${NYUV2_ROOT:-data_cache/nyuv2}
+CITYSCAPES_ROOT=${CITYSCAPES_ROOT:-data_cache/cityscapes}
+CIFAR10_ROOT=${CIFAR10_ROOT:-data_cache/cifar10}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --benchmarks) BENCHMARKS="$2"; shift 2 ;;
+    --methods) METHODS="$2"; shift 2 ;;
+    --seeds) SEEDS="$2"; shift 2 ;;
+    --ablations) ABLATIONS=1; shift ;;
+    --quick) QUICK=1; shift ;;
+    --dry-run) DRY=1; shift ;;
+    --force) FORCE="--force"; shift ;;
+    --out) OUT="$2"; shift 2 ;;
+    --device) DEVICE="--device $2"; shift 2 ;;
+    --nyuv2-root) NYUV2_ROOT="$2"; shift 2 ;;
+    --cityscapes-root) CITYSCAPES_ROOT="$2"; shift 2 ;;
+    --cifar10-root) CIFAR10_ROOT="$2"; shift 2 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$QUICK" = 1 ]; then
+  SEEDS=${SEEDS:-0}
+  SYNTHETIC="$OUT/.synthetic"
+  if [ "$DRY" = 0 ] && [ ! -e "$SYNTHETIC/nyuv2/SYNTHETIC" ]; then
+    echo "quick mode: writing small synthetic datasets under $SYNTHETIC"
+    $PYTHON -m data.synthetic --small "$SYNTHETIC"
+  fi
+  NYUV2_ROOT="$SYNTHETIC/nyuv2" CITYSCAPES_ROOT="$SYNTHETIC/cityscapes" CIFAR10_ROOT="$SYNTHETIC/cifar10"
+  DENSE_SETTINGS="--epochs 2 --width 0.0625 --batch-size 2 --workers 0 --meta-every 2"
+  CIFAR_SETTINGS="--iterations 4 --eval-every 2 --labeled-batch 8 --unlabeled-batch 8 --width 0.125 --val-size 100 --meta-every 2"
+  CIFAR_LABELS="100"
+  TOY_SETTINGS="--epochs 50"
+else
+  SEEDS=${SEEDS:-"0 1 2"}
+  DENSE_SETTINGS="" CIFAR_SETTINGS="" TOY_SETTINGS="" CIFAR_LABELS="5000 10000"
+fi
+
+RUNS=()
+add() { RUNS+=("$PYTHON $* --out $OUT --resume $FORCE $DEVICE"); }
+dense_tasks() {  # the tasks of a dense benchmark (the MTAN Cityscapes release has seg and depth only)
+  if [ "$1" = cityscapes ] && [ -d "$2/train/depth" ]; then echo "seg depth"
+  elif [ "$1" = cityscapes ]; then echo "seg part_seg disp"
+  else echo "seg depth normal"; fi
+}
+
+for benchmark in $BENCHMARKS; do
+  case "$benchmark" in
+    nyuv2|cityscapes)
+      root=$([ "$benchmark" = nyuv2 ] && echo "$NYUV2_ROOT" || echo "$CITYSCAPES_ROOT")
+      if [ ! -d "$root/train" ] && [ "$DRY" = 0 ]; then
+        echo "SKIPPED $benchmark: no dataset at $root (see README, section Data)" >&2; continue
+      fi
+      tasks=$(dense_tasks "$benchmark" "$root")
+      script="experiments/train_$benchmark.py --data-root $root $DENSE_SETTINGS"
+      for seed in $SEEDS; do
+        for method in $METHODS; do
+          if [[ "$MULTI_TASK" == *" $method "* ]]; then add "$script --method $method --seed $seed"
+          else for task in $tasks; do add "$script --method $method --main-task $task --seed $seed"; done; fi
+        done
+        if [ "$ABLATIONS" = 1 ]; then
+          add "$script --method auxinash --main-task seg --meta-val-size 0.1 --tag aux-set --seed $seed"
+          add "$script --method stl --main-task seg --meta-val-size 0.1 --tag partial --seed $seed"
+          if [ "$benchmark" = nyuv2 ]; then
+            for task in $tasks; do
+              for p in 0.7 0.8 0.9; do add "$script --method auxinash --main-task $task --p $p --tag fixed-p$p --seed $seed"; done
+              for lr in 1e-3 1e-2; do add "$script --method auxinash --main-task $task --meta-lr $lr --tag meta-lr$lr --seed $seed"; done
+            done
+          fi
+        fi
+      done ;;
+    cifar10_ssl)
+      if [ ! -d "$CIFAR10_ROOT/cifar-10-batches-py" ] && [ "$DRY" = 0 ]; then
+        echo "SKIPPED cifar10_ssl: no cifar-10-batches-py/ under $CIFAR10_ROOT (see README, section Data)" >&2; continue
+      fi
+      for seed in $SEEDS; do for labels in $CIFAR_LABELS; do for method in $METHODS; do
+        add "experiments/train_cifar_ssl.py --data-root $CIFAR10_ROOT $CIFAR_SETTINGS --n-labeled $labels --method $method --seed $seed"
+      done; done; done ;;
+    toy)
+      for seed in $SEEDS; do RUNS+=("$PYTHON experiments/train_toy.py $TOY_SETTINGS --methods $METHODS --seed $seed --out $OUT $FORCE"); done ;;
+    *) echo "unknown benchmark: $benchmark" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$DRY" = 1 ]; then printf '%s\n' "${RUNS[@]}"; exit 0; fi
+echo "${#RUNS[@]} runs (logs in $OUT/logs)"
+mkdir -p "$OUT/logs"
+failed=0
+for i in "${!RUNS[@]}"; do
+  log="$OUT/logs/run$((i + 1)).log"
+  start=$SECONDS
+  if eval "${RUNS[$i]}" >"$log" 2>&1; then status=ok; else status=FAILED; failed=$((failed + 1)); fi
+  echo "[$((i + 1))/${#RUNS[@]}] $status in $((SECONDS - start)) s: ${RUNS[$i]}"
+  if [ "$status" = FAILED ]; then tail -n 5 "$log" >&2; fi
+done
+$PYTHON experiments/make_tables.py --results "$OUT"
+$PYTHON experiments/make_figures.py --results "$OUT"
+echo "tables: $OUT/tables, figures: $OUT/figures; $failed run(s) failed"
+[ "$failed" = 0 ]
