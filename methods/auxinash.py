@@ -36,6 +36,7 @@ class AuxiNash(GradientMethod):
     """Asymmetric Nash bargaining with learned bargaining power p."""
 
     state_tensors = ("p", "alpha", "gram", "momentum_buffer")
+    reports_p = True  # backward's info carries p (logged as p_<task> by the training loop)
 
     def __init__(
         self,
@@ -106,11 +107,12 @@ class AuxiNash(GradientMethod):
         self.gram = gram
         self.alpha = torch.from_numpy(np.asarray(alpha, dtype=np.float64))
         weights = self.alpha.to(grads.shared.device, grads.shared.dtype)
-        return weights, weights, {"weights": weights, "p": self.p.to(grads.shared.device, torch.float32)}
+        return weights, weights, {"weights": weights}
 
     def backward(self, losses, shared_parameters, task_specific_parameters=(), representation=None):
         info = super().backward(losses, shared_parameters, task_specific_parameters, representation)
-        info.setdefault("p", self.p.to(losses.device, torch.float32))
+        if self.reports_p:
+            info["p"] = self.p.to(losses.device, torch.float32)
         return info
 
     def p_hypergradient(

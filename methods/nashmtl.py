@@ -15,6 +15,7 @@ class NashMTL(AuxiNash):
     """Nash-MTL (Navon et al., ICML 2022): the symmetric bargaining solution, p = 1, nothing learned."""
 
     uses_main_task = False  # a multi-task method: one model serves every task
+    reports_p = False  # p is fixed at 1
 
     def __init__(
         self,
