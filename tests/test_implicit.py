@@ -8,7 +8,14 @@ from methods.implicit import implicit_hypergradient, neumann_series
 from methods.nash_solver import solve_nash
 from tests.helpers import TinyMultiTask, make_batch, task_gradients
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def quadratic_problem(k=3, d=5, n=40, seed=0):

@@ -11,7 +11,14 @@ from methods.nash_solver import solve_nash
 from methods.pcgrad import pcgrad_weights
 from tests.helpers import TinyMultiTask, make_batch, run_backward, task_gradients
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.fixture
