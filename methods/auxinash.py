@@ -27,7 +27,7 @@ import torch
 from .base import GradientMethod, LossFunction
 from .gradients import TaskGradients
 from .implicit import implicit_hypergradient
-from .nash_solver import nash_alpha_derivative, solve_nash, solve_nash_cvxpy
+from .nash_solver import CvxpyNashSolver, nash_alpha_derivative, solve_nash
 
 SOLVERS = ("newton", "cvxpy")
 
@@ -70,6 +70,7 @@ class AuxiNash(GradientMethod):
         self.hypergrad_clip = hypergrad_clip
         self.min_p = min_p
         self.solver = solver
+        self._cvxpy: Optional[CvxpyNashSolver] = None
         initial = torch.ones(n_tasks, dtype=torch.float64) if p is None else torch.as_tensor(p, dtype=torch.float64)
         if initial.shape != (n_tasks,) or not torch.all(initial > 0):
             raise ValueError(f"p must hold {n_tasks} positive bargaining powers, got {list(initial)}")
@@ -102,8 +103,10 @@ class AuxiNash(GradientMethod):
         gram = grads.gram().cpu()
         if self.solver == "newton":
             alpha = solve_nash(gram, self.p, alpha0=self.alpha)
-        else:
-            alpha = solve_nash_cvxpy(gram.numpy(), self.p.numpy(), alpha0=self.alpha.numpy())
+        else:  # the reference program, rebuilt whenever p has changed
+            if self._cvxpy is None or not np.array_equal(self._cvxpy.p, self.p.numpy()):
+                self._cvxpy = CvxpyNashSolver(self.n_tasks, self.p.numpy())
+            alpha = self._cvxpy.solve(gram.numpy(), alpha0=self.alpha.numpy())
         self.gram = gram
         self.alpha = torch.from_numpy(np.asarray(alpha, dtype=np.float64))
         weights = self.alpha.to(grads.shared.device, grads.shared.dtype)

@@ -42,7 +42,8 @@ DEFAULT_TOL = 1e-8
 
 def relative_residual(gram: np.ndarray, p: np.ndarray, alpha: np.ndarray) -> float:
     """‖α ⊙ Mα − p‖ / ‖p‖: how far α is from solving (1)."""
-    return float(np.linalg.norm(alpha * (gram @ alpha) - p) / np.linalg.norm(p))
+    difference = alpha * (gram @ alpha) - p
+    return float(np.sqrt(difference @ difference / (p @ p)))
 
 
 def _newton(gram: np.ndarray, p: np.ndarray, alpha: np.ndarray, tol: float, max_iter: int) -> np.ndarray:
@@ -53,7 +54,8 @@ def _newton(gram: np.ndarray, p: np.ndarray, alpha: np.ndarray, tol: float, max_
     value = objective(alpha)
     for _ in range(max_iter):
         m_alpha = gram @ alpha
-        if np.linalg.norm(alpha * m_alpha - p) <= tol * np.linalg.norm(p):
+        difference = alpha * m_alpha - p
+        if difference @ difference <= tol**2 * (p @ p):
             break
         gradient = m_alpha - p / alpha
         hessian = gram + np.diag(p / alpha**2)
@@ -109,18 +111,18 @@ def solve_nash(
     scale = float(np.linalg.norm(gram))
     if scale == 0.0:
         return np.sqrt(p)
-    normalised = gram / scale + ridge * np.eye(k)
+    normalised = gram / scale
     if alpha0 is not None:
         start = _as_float64(alpha0) * np.sqrt(scale)
     if alpha0 is None or start.shape != (k,) or not np.all(np.isfinite(start)) or np.any(start <= 0):
         # the exact solution when M is diagonal: a good start for the well-conditioned normalised problem
-        start = np.sqrt(p / np.diag(normalised))
-    alpha = _newton(normalised, p, start, tol, max_iter)
-    # polish on the un-regularised matrix; keep it only where (1) is solvable (it converges there)
-    exact = normalised - ridge * np.eye(k)
-    polished = _newton(exact, p, alpha, tol, max_iter=20)
-    if relative_residual(exact, p, polished) <= max(tol, 1e-10):  # converged: (1) is solvable
-        alpha = polished
+        start = np.sqrt(p / (np.diag(normalised) + ridge))
+    alpha = _newton(normalised, p, start, tol, max_iter=30)
+    if relative_residual(normalised, p, alpha) > tol:  # (near) singular: solve the ridge problem, then polish
+        regularised = _newton(normalised + ridge * np.eye(k), p, start, tol, max_iter)
+        polished = _newton(normalised, p, regularised, tol, max_iter=20)
+        converged = relative_residual(normalised, p, polished) <= max(tol, 1e-10)  # (1) is solvable
+        alpha = polished if converged else regularised
     return alpha / np.sqrt(scale)
 
 
@@ -155,48 +157,60 @@ def nash_alpha(gram: torch.Tensor, p: torch.Tensor, alpha0: Optional[torch.Tenso
     return _NashAlpha.apply(gram, p, alpha0, tol, ridge)
 
 
-def solve_nash_cvxpy(
-    gram: np.ndarray,
-    p: Optional[np.ndarray] = None,
-    alpha0: Optional[np.ndarray] = None,
-    n_iter: int = 20,
-    solver: Optional[str] = None,
-) -> np.ndarray:
+class CvxpyNashSolver:
     """Reference: the sequential convex procedure of Nash-MTL as the official AuxiNash code formulates it.
 
-    Each iteration minimises Σ_i (Ĝα)_i + φ'(α_t)ᵀ(α − α_t) / nf subject to
+    The program is built once for K tasks and bargaining powers p (as the official code does) and re-solved
+    with new parameters. Each iteration minimises Σ_i (Ĝα)_i + φ'(α_t)ᵀ(α − α_t) / nf subject to
     −log(α_i · nf) − log((Ĝα)_i) + log p_i ≤ 0, where Ĝ = M / nf, nf = ‖M‖_F and φ is the linearised
-    concave part; it stops after ``n_iter`` iterations or when ‖Ĝα − 1/α‖ < 1e-3 or α stops moving
-    (the official stopping rules). Needs ``cvxpy``; used in tests and benchmarks only.
+    concave part; it stops after ``n_iter`` iterations or when ‖Ĝα − 1/α‖ < 1e-3 or α stops moving (the
+    official stopping rules). Needs ``cvxpy``; used in tests and benchmarks and by ``solver="cvxpy"``.
     """
-    import cvxpy as cp
 
+    def __init__(self, n_tasks: int, p: Optional[np.ndarray] = None, n_iter: int = 20,
+                 solver: Optional[str] = None) -> None:
+        import cvxpy as cp
+
+        self.n_iter, self.solver = n_iter, solver
+        k = n_tasks
+        self.p = np.ones(k) if p is None else np.asarray(p, dtype=np.float64)
+        self.alpha = cp.Variable(k, nonneg=True)
+        self.previous = cp.Parameter(k, value=np.ones(k))
+        self.gram = cp.Parameter((k, k), value=np.eye(k))
+        self.nf = cp.Parameter(1, value=np.ones(1))
+        g_alpha = self.gram @ self.alpha
+        phi_grad = 1 / self.previous + (1 / (self.gram @ self.previous)) @ self.gram
+        objective = cp.Minimize(cp.sum(g_alpha) + phi_grad @ (self.alpha - self.previous) / self.nf)
+        constraints = [-cp.log(self.alpha[i] * self.nf) - cp.log(g_alpha[i]) + np.log(self.p[i]) <= 0
+                       for i in range(k)]
+        self.problem = cp.Problem(objective, constraints)
+
+    def solve(self, gram: np.ndarray, alpha0: Optional[np.ndarray] = None) -> np.ndarray:
+        gram = np.asarray(gram, dtype=np.float64)
+        nf = float(np.linalg.norm(gram))
+        g_hat = gram / nf
+        self.gram.value, self.nf.value = g_hat, np.array([nf])
+        alpha_t = np.ones(len(self.p)) if alpha0 is None else np.asarray(alpha0, dtype=np.float64)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*not DPP.*")
+            for _ in range(self.n_iter):
+                alpha_t = np.clip(alpha_t, 1e-10, None)
+                self.previous.value = alpha_t
+                self.alpha.value = alpha_t
+                self.problem.solve(solver=self.solver, warm_start=True)
+                if self.alpha.value is None:
+                    break
+                new_alpha = self.alpha.value
+                done = (np.linalg.norm(g_hat @ new_alpha - 1 / (new_alpha + 1e-10)) < 1e-3
+                        or np.linalg.norm(new_alpha - alpha_t) < 1e-6)
+                alpha_t = new_alpha
+                if done:
+                    break
+        return alpha_t
+
+
+def solve_nash_cvxpy(gram: np.ndarray, p: Optional[np.ndarray] = None, alpha0: Optional[np.ndarray] = None,
+                     n_iter: int = 20, solver: Optional[str] = None) -> np.ndarray:
+    """One solve with a freshly built ``CvxpyNashSolver``."""
     gram = np.asarray(gram, dtype=np.float64)
-    k = gram.shape[0]
-    p = np.ones(k) if p is None else np.asarray(p, dtype=np.float64)
-    nf = float(np.linalg.norm(gram))
-    g_hat = gram / nf
-    alpha_var = cp.Variable(k, nonneg=True)
-    prev = cp.Parameter(k, value=np.ones(k) if alpha0 is None else np.asarray(alpha0, dtype=np.float64))
-    g_param = cp.Parameter((k, k), value=g_hat)
-    g_alpha = g_param @ alpha_var
-    phi_grad = 1 / prev + (1 / (g_param @ prev)) @ g_param
-    objective = cp.Minimize(cp.sum(g_alpha) + phi_grad @ (alpha_var - prev) / nf)
-    constraints = [-cp.log(alpha_var[i] * nf) - cp.log(g_alpha[i]) + np.log(p[i]) <= 0 for i in range(k)]
-    problem = cp.Problem(objective, constraints)
-    warnings.filterwarnings("ignore", message=".*not DPP.*")
-    alpha_t = prev.value
-    for _ in range(n_iter):
-        alpha_t = np.clip(alpha_t, 1e-10, None)
-        prev.value = alpha_t
-        alpha_var.value = alpha_t
-        problem.solve(solver=solver, warm_start=True)
-        if alpha_var.value is None:
-            break
-        new_alpha = alpha_var.value
-        done = (np.linalg.norm(g_hat @ new_alpha - 1 / (new_alpha + 1e-10)) < 1e-3
-                or np.linalg.norm(new_alpha - alpha_t) < 1e-6)
-        alpha_t = new_alpha
-        if done:
-            break
-    return alpha_t
+    return CvxpyNashSolver(gram.shape[0], p, n_iter, solver).solve(gram, alpha0)
