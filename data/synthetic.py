@@ -66,47 +66,40 @@ def _save(root: str, split: str, folder: str, index: int, array: np.ndarray) -> 
     np.save(os.path.join(root, split, folder, f"{index}.npy"), array)
 
 
-def write_nyuv2(root: str, n_train: int = 4, n_test: int = 3, shape: Tuple[int, int] = nyuv2.SHAPE,
-                seed: int = 0) -> str:
-    """NYUv2 layout: image H×W×3 float32, label H×W float32 (13 classes, −1), depth H×W×1, normal H×W×3."""
+def _write_items(root: str, n_train: int, n_test: int, shape: Tuple[int, int], seed: int, make_item) -> str:
+    """``make_item(image, rng)`` → {folder: array} for each of the train and val items."""
     rng = np.random.default_rng(seed)
     for split, count in (("train", n_train), ("val", n_test)):
         for i in range(count):
             image = _scene(rng, shape)
-            depth = _depth(image, rng)
             _save(root, split, "image", i, image)
-            _save(root, split, "label", i, _labels(image, nyuv2.N_CLASSES, rng))
-            _save(root, split, "depth", i, depth)
-            _save(root, split, "normal", i, _normals(depth))
+            for folder, array in make_item(image, rng).items():
+                _save(root, split, folder, i, array)
     return mark_synthetic(root)
+
+
+def write_nyuv2(root: str, n_train: int = 4, n_test: int = 3, shape: Tuple[int, int] = nyuv2.SHAPE,
+                seed: int = 0) -> str:
+    """NYUv2 layout: image H×W×3 float32, label H×W float32 (13 classes, −1), depth H×W×1, normal H×W×3."""
+    def item(image, rng):
+        depth = _depth(image, rng)
+        return {"label": _labels(image, nyuv2.N_CLASSES, rng), "depth": depth, "normal": _normals(depth)}
+    return _write_items(root, n_train, n_test, shape, seed, item)
 
 
 def write_cityscapes(root: str, n_train: int = 4, n_test: int = 3, shape: Tuple[int, int] = cityscapes.SHAPE,
                      seed: int = 0) -> str:
     """The prepared parts layout: image, seg (19, −1), part_seg (10, −1), disp H×W×1 (0 invalid)."""
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", n_train), ("val", n_test)):
-        for i in range(count):
-            image = _scene(rng, shape)
-            _save(root, split, "image", i, image)
-            _save(root, split, "seg", i, _labels(image, 19, rng))
-            _save(root, split, "part_seg", i, _labels(image[..., ::-1].copy(), cityscapes.PART_CLASSES, rng))
-            _save(root, split, "disp", i, 10.0 * _depth(image, rng) / 6.0)
-    return mark_synthetic(root)
+    return _write_items(root, n_train, n_test, shape, seed, lambda image, rng: {
+        "seg": _labels(image, 19, rng), "part_seg": _labels(image[..., ::-1].copy(), cityscapes.PART_CLASSES, rng),
+        "disp": 10.0 * _depth(image, rng) / 6.0})
 
 
 def write_cityscapes_mtan(root: str, n_train: int = 4, n_test: int = 3, shape: Tuple[int, int] = cityscapes.SHAPE,
                           seed: int = 0) -> str:
     """The MTAN release: image, label_7, label_19 (−1 ignored), depth H×W×1 (raw disparity)."""
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", n_train), ("val", n_test)):
-        for i in range(count):
-            image = _scene(rng, shape)
-            _save(root, split, "image", i, image)
-            _save(root, split, "label_7", i, _labels(image, 7, rng))
-            _save(root, split, "label_19", i, _labels(image, 19, rng))
-            _save(root, split, "depth", i, _depth(image, rng))
-    return mark_synthetic(root)
+    return _write_items(root, n_train, n_test, shape, seed, lambda image, rng: {
+        "label_7": _labels(image, 7, rng), "label_19": _labels(image, 19, rng), "depth": _depth(image, rng)})
 
 
 def write_cityscapes_raw(root: str, n_train: int = 2, n_test: int = 1, shape: Tuple[int, int] = (1024, 2048),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import logging
 import os
 import statistics
 import sys
@@ -36,6 +37,8 @@ from experiments.models import CifarSSLNet, SegNet  # noqa: E402
 from methods import METHOD_NAMES, get_method  # noqa: E402
 from methods.gradients import per_task_gradients, write_grad  # noqa: E402
 from methods.nash_solver import CvxpyNashSolver, relative_residual, solve_nash  # noqa: E402
+
+log = logging.getLogger("benchmark_speed")
 
 
 def timed(function: Callable[[], None], steps: int, warmup: int, device: torch.device) -> float:
@@ -136,6 +139,7 @@ def measure_workload(work: Workload, label: str, steps: int, warmup: int, meta_s
         method = get_method(name, n_tasks=len(work.tasks), main_task=0, device=device)
         step_ms = timed(work.method_step(method), steps, warmup, device)
         rows.append({"workload": label, "item": f"step: {name}", "ms": step_ms})
+        log.info("%s: %s step %.1f ms", label, name, step_ms)
         if name in ("auxinash", "auxilearn"):
             meta_ms = timed(lambda: method.meta_update(work.losses, work.batch, work.batch, work.shared),
                             meta_steps, 1, device)
@@ -198,6 +202,7 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--skip-solver", action="store_true")
     parser.add_argument("--out", default="results/speed")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

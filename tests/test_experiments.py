@@ -67,6 +67,15 @@ def test_representation_and_fixed_p_flags(roots, tmp_path):
     np.testing.assert_allclose([train.p_seg, train.p_depth, train.p_normal], [2.4, 0.3, 0.3], rtol=1e-6)
 
 
+def test_amp_path_runs(roots, tmp_path):
+    """The bf16 autocast path (``--amp``, meant for CUDA) also runs under CPU autocast."""
+    run = train_nyuv2.main(["--data-root", roots["nyuv2"], "--method", "auxinash", "--amp", "--out", str(tmp_path),
+                            *DENSE])
+    rows = check_run(run, ["seg", "depth", "normal"], True)
+    assert json.load(open(os.path.join(run, "config.json")))["amp"] is True
+    assert np.isfinite(rows[rows.split == "test"]["seg_miou"]).all()
+
+
 def test_resume_continues_exactly(roots, tmp_path):
     args = ["--data-root", roots["nyuv2"], "--method", "auxinash", "--main-task", "seg", "--epochs", "3",
             "--width", "0.0625", "--batch-size", "1", "--workers", "0", "--meta-every", "1", "--log-level", "WARNING"]

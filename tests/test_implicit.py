@@ -9,13 +9,7 @@ from methods.nash_solver import solve_nash
 from tests.helpers import TinyMultiTask, make_batch, task_gradients
 
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def quadratic_problem(k=3, d=5, n=40, seed=0):

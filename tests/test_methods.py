@@ -12,13 +12,7 @@ from methods.pcgrad import pcgrad_weights
 from tests.helpers import TinyMultiTask, make_batch, run_backward, task_gradients
 
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 @pytest.fixture
