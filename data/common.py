@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -122,8 +122,3 @@ def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     if loader.num_workers == 0 and isinstance(getattr(loader.dataset, "rng", None), random.Random):
         loader.dataset.rng.seed(epoch_seed)
 
-
-def forever(loader: DataLoader) -> Iterator:
-    """Cycle through ``loader`` endlessly (a fresh shuffle each pass)."""
-    while True:
-        yield from loader

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Sequence, Tuple
 
 import numpy as np
 import torch

@@ -18,7 +18,7 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from tqdm import tqdm
 from methods import METHODS, canonical_name, get_method
 
 from .benchmarks import Benchmark
-from .results_io import environment, read_json, read_rows, save_checkpoint, write_json, write_rows
+from .results_io import environment, read_rows, save_checkpoint, write_json, write_rows
 
 log = logging.getLogger("auxinash")
 
@@ -143,9 +143,8 @@ def train(benchmark: Benchmark, config: TrainConfig) -> str:
 
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.amp)
 
-    def compute_losses(batch):
-        with autocast:
-            return benchmark.losses(model, batch)[0].float()
+    def compute_losses(batch):  # for meta-updates: float32, whose second-order terms bf16 would swamp
+        return benchmark.losses(model, batch)[0].float()
 
     rounds_done = 0
     progress = tqdm(range(start_round, benchmark.rounds), desc=f"{benchmark.name} {config.method}",
@@ -204,11 +203,3 @@ def train(benchmark: Benchmark, config: TrainConfig) -> str:
     log.info("finished %s", run_dir)
     return run_dir
 
-
-def finished_runs(directory: str) -> List[str]:
-    """Run folders under ``directory`` whose status.json says they finished."""
-    found = []
-    for root, _, files in os.walk(directory):
-        if "status.json" in files and read_json(os.path.join(root, "status.json")).get("finished"):
-            found.append(root)
-    return sorted(found)

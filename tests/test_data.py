@@ -12,8 +12,8 @@ from PIL import Image
 from data import (CifarSSL, DatasetNotFoundError, MalformedDatasetError, detect_layout, load_cityscapes,
                   load_nyuv2, make_loader, meta_val_split, read_cifar10, set_epoch)
 from data import synthetic
-from data.cifar import crop_flip, exemplar_view, make_splits, normalise, rotate_batch, MEAN, STD
-from data.dense import DenseDataset, Target, augment
+from data.cifar import MEAN, STD, crop_flip, exemplar_view, make_splits, rotate_batch
+from data.dense import augment
 from data.prepare import prepare_cityscapes
 from tests.conftest import ROOT, SHARED
 
