@@ -43,8 +43,7 @@ def draw(runs: dict, benchmark: ToyBenchmark, path: str) -> None:
         left.set_ylabel("bargaining power p")
         left.set_title("AuxiNash: learned bargaining power")
         left.legend()
-    grid = np.linspace(-2.5, 3.0, 200)
-    w1, w2 = np.meshgrid(grid, grid)
+    w1, w2 = np.meshgrid(np.linspace(-2.5, 3.0, 200), np.linspace(-5.0, 3.0, 200))
     x, y = benchmark.train["x"].cpu().numpy(), benchmark.train["main"].cpu().numpy()
     residual = x[:, 0, None, None] * w1 + x[:, 1, None, None] * w2 - y[:, None, None]
     loss = (residual**2).mean(0)
@@ -56,8 +55,8 @@ def draw(runs: dict, benchmark: ToyBenchmark, path: str) -> None:
             path_rows = runs[method][runs[method].split == "test"]
             right.plot(path_rows["w1"], path_rows["w2"], "-", color="white", alpha=0.4)
             right.plot(path_rows["w1"].iloc[-1], path_rows["w2"].iloc[-1], marker, label=f"{method} final W")
-    right.set_xlim(grid[0], grid[-1])
-    right.set_ylim(grid[0], grid[-1])
+    right.set_xlim(-2.5, 3.0)
+    right.set_ylim(-5.0, 3.0)
     right.set_xlabel("w1")
     right.set_ylabel("w2")
     right.set_title("main-task training loss (log)")
