@@ -94,7 +94,9 @@ def main(argv=None) -> None:
     with open(os.path.join(args.out, "tables", "toy.md"), "w") as f:
         f.write(f"Illustrative example (experiments/train_toy.py, seed {args.seed}, {args.epochs} epochs, CPU). "
                 "The noise of the main task alone gives a test MSE of 25.\n\n")
-        f.write(table.to_markdown(index=False, floatfmt=".4f") + "\n")
+        f.write("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n")
+        for row in table.itertuples(index=False):
+            f.write(f"| {row[0]} | " + " | ".join(f"{value:.4f}" for value in row[1:]) + " |\n")
     print(table.to_string(index=False))
 
 
