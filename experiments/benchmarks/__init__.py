@@ -1,0 +1,12 @@
+"""Benchmarks: what the shared loop trains on, one module each. Each builds its model, streams its training
+batches round by round (an epoch, or a block of iterations), draws meta-validation batches, computes the K task
+losses of a batch and evaluates. The loop never asks which benchmark it runs.
+"""
+from .base import Batch, Benchmark, is_synthetic
+from .cifar_ssl import CIFAR_TASKS, VIEW_OF_TASK, CifarSSLBenchmark
+from .dense import CITYSCAPES_TASKS, NYUV2_TASKS, DenseBenchmark, cityscapes_benchmark, nyuv2_benchmark
+from .toy import ToyBenchmark
+
+__all__ = ["Batch", "Benchmark", "is_synthetic", "CIFAR_TASKS", "VIEW_OF_TASK", "CifarSSLBenchmark",
+           "CITYSCAPES_TASKS", "NYUV2_TASKS", "DenseBenchmark", "cityscapes_benchmark", "nyuv2_benchmark",
+           "ToyBenchmark"]
