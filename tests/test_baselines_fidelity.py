@@ -312,8 +312,9 @@ def test_meta_batches_official_on_dense_is_augmented_and_resumable(tmp_path):
     originals = {i: plain._fresh_set()[i]["image"] for i in range(6)}
     assert all(any(torch.equal(img, originals[i]) for i in meta_items) for img in plain_val["image"])
     assert all(any(torch.equal(img, originals[i]) for i in set(range(6)) - meta_items) for img in plain_train["image"])
-    # augmentation on: the images are not the stored ones (random scale-crop and flip)
-    assert not all(any(torch.equal(img, o) for o in originals.values()) for img in train_batch["image"])
+    # augmentation on: the images are not all the stored ones (random scale-crop and flip)
+    images = [img for _ in range(3) for img in benchmark.fresh_training_batch("train")["image"]]
+    assert not all(any(torch.equal(img, o) for o in originals.values()) for img in [*train_batch["image"], *images])
     # the next draws replay exactly after a state round trip (the checkpoint's benchmark state)
     after = benchmark.state_dict()
     again = nyuv2_benchmark(root, batch_size=2, epochs=1, meta_val_size=2, device="cpu", seed=0)
