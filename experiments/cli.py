@@ -18,10 +18,12 @@ from methods import ALIASES, METHOD_NAMES
 from data import DatasetNotFoundError, MalformedDatasetError
 
 from .benchmarks import Benchmark
+from .benchmarks.base import META_BATCHES
 from .loop import TrainConfig, method_kwargs_from_flags, train
 
 # flag name → constructor argument, where they differ
-FLAG_ALIASES = {"olaux_lr": "lr", "cagrad_c": "c", "gcs_weighted": "weighted", "auxilearn_linear": "linear"}
+FLAG_ALIASES = {"olaux_lr": "lr", "cagrad_c": "c", "gcs_weighted": "weighted", "auxilearn_linear": "linear",
+                "olaux_interval": "interval", "olaux_form": "form", "auxilearn_train_on_loss": "train_on_loss"}
 
 
 def base_parser(description: str, lr: float, meta_every: int = 25) -> argparse.ArgumentParser:
@@ -35,6 +37,11 @@ def base_parser(description: str, lr: float, meta_every: int = 25) -> argparse.A
     run.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
     run.add_argument("--meta-every", type=int, default=meta_every,
                      help="steps between meta-updates (AuxiNash p, AuxiLearn network, OL-AUX weights)")
+    run.add_argument("--meta-batches", default="step", choices=META_BATCHES,
+                     help="batches of a meta-update: 'step' = the step's own training batch for L_T and an "
+                          "un-augmented meta-validation batch for L_V; 'official' = a fresh augmented training batch "
+                          "for L_T and a fresh augmented meta-validation batch for L_V, as the official AuxiNash "
+                          "hyperstep draws them")
     run.add_argument("--meta-val-size", type=float, default=0,
                      help="training data held out for meta-updates: a fraction (<1) or a count; 0 draws the "
                           "meta-validation batches from the training set itself (the paper's default)")
@@ -64,8 +71,18 @@ def base_parser(description: str, lr: float, meta_every: int = 25) -> argparse.A
     method.add_argument("--update-weights-every", type=int, default=None, help="Nash-MTL / AuxiNash solve period")
     method.add_argument("--solver", default=None, choices=["newton", "cvxpy"], help="Nash-MTL / AuxiNash solver")
     method.add_argument("--gcs-weighted", action="store_true", default=None, help="GCS: scale by the cosine")
-    method.add_argument("--olaux-lr", type=float, default=None, help="OL-AUX step size β")
+    method.add_argument("--olaux-lr", type=float, default=None, help="OL-AUX step size β (default 0.05, ARML)")
+    method.add_argument("--olaux-interval", type=int, default=None,
+                        help="OL-AUX iterations between weight updates (default 20, ARML; independent of --meta-every)")
+    method.add_argument("--olaux-form", default=None, choices=["arml", "accumulated"],
+                        help="OL-AUX update: 'arml' (default) = one SGD step on that iteration's batch, the model not "
+                             "stepping then (ARML's code); 'accumulated' = dot products summed over the interval "
+                             "(Lin et al.'s Alg. 1)")
     method.add_argument("--auxilearn-linear", action="store_true", default=None, help="AuxiLearn: linear network")
+    method.add_argument("--auxilearn-train-on-loss", action="store_true", default=None,
+                        help="AuxiLearn: the main optimiser also trains the auxiliary network on the training loss "
+                             "(lr 5e-3), as the official AuxiNash trainer does (most likely what the paper's AuxiLearn "
+                             "rows ran); default: the AuxiLearn paper's method (hypergradient only)")
     method.add_argument("--cagrad-c", type=float, default=None, help="CAGrad c")
     return parser
 
@@ -91,6 +108,7 @@ def make_config(args: argparse.Namespace, task_names: List[str], lr_step: Option
     kwargs = method_kwargs_from_flags(args.method, flags, FLAG_ALIASES)
     return TrainConfig(method=args.method, main_task=main_task, seed=args.seed, lr=args.lr, lr_step=lr_step,
                        meta_every=args.meta_every, amp=args.amp, representation=args.representation, out=args.out,
+                       meta_batches=args.meta_batches,
                        tag=args.tag, resume=args.resume, force=args.force, stop_after=args.stop_after,
                        method_kwargs=kwargs, flags=flags)
 

@@ -1,8 +1,8 @@
 """The one training loop every benchmark script shares.
 
 Per step: the benchmark's K losses → ``method.backward`` (the method writes the update into ``.grad``) →
-``optimizer.step()``; every ``meta_every`` steps ``method.meta_update`` with the step's training batch and a
-meta-validation batch. After each round (an epoch, or a block of iterations) the model is evaluated, one row
+``optimizer.step()``; every ``meta_every`` steps ``method.meta_update`` with ``Benchmark.meta_batches``'s
+(L_T, L_V) batches. After each round (an epoch, or a block of iterations) the model is evaluated, one row
 per split goes to ``metrics.csv`` (with the mean training losses, the mean task weights α and the bargaining
 powers p), and a checkpoint is written; both atomically. ``--resume`` continues from the last checkpoint with
 the same batches, so an interrupted run ends exactly where an uninterrupted one would.
@@ -41,6 +41,7 @@ class TrainConfig:
     lr_step: Optional[int] = None  # rounds between learning-rate decays (None: constant)
     lr_gamma: float = 0.5
     meta_every: int = 25
+    meta_batches: str = "step"  # "official": fresh augmented batches for L_T and L_V (Benchmark.meta_batches)
     amp: bool = False
     representation: bool = False
     out: str = "results"
@@ -111,6 +112,7 @@ def train(benchmark: Benchmark, config: TrainConfig) -> str:
         config.main_task = task_names[0]
     if config.main_task not in task_names:
         raise ValueError(f"--main-task must be one of {task_names}, got {config.main_task!r}")
+    benchmark.check_meta_batches(config.meta_batches)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -121,7 +123,7 @@ def train(benchmark: Benchmark, config: TrainConfig) -> str:
     shared, specific = model.shared_parameters(), model.task_specific_parameters()
     method = get_method(config.method, n_tasks=len(task_names), main_task=task_names.index(config.main_task),
                         device=device, **config.method_kwargs)
-    optimizer = torch.optim.Adam(shared + specific, lr=config.lr)
+    optimizer = torch.optim.Adam([{"params": shared + specific}, *method.main_optimizer_parameters()], lr=config.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step or 10**9, gamma=config.lr_gamma)
     start_round, step, rows = 0, 0, []
     if config.resume and os.path.exists(paths["checkpoint"]):
@@ -173,7 +175,7 @@ def train(benchmark: Benchmark, config: TrainConfig) -> str:
             weight_sum += info["weights"].detach().to(device, torch.float32)
             last_info = info
             if step % config.meta_every == 0:
-                method.meta_update(compute_losses, batch, benchmark.meta_val_batch(), shared)
+                method.meta_update(compute_losses, *benchmark.meta_batches(batch, config.meta_batches), shared)
         scheduler.step()
         mean_losses = (loss_sum / max(steps_in_round, 1)).tolist()
         if not all(np.isfinite(mean_losses)):

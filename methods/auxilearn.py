@@ -9,10 +9,23 @@ implicit hypergradient of the main-task loss on a meta-validation batch, dL_V/d�
 (lr 5e-3, momentum 0.9, weight decay 5e-4): the official code's settings.
 
 ``weights`` reports ∂L_T/∂L_k at the current losses: the per-task weights the network applies this step.
+
+``train_on_loss=True`` (``--auxilearn-train-on-loss``): the official AuxiNash trainer also puts the auxiliary
+network into the main optimiser (AvivSham/auxinash ``experiments/nyuv2/trainer.py`` ~89-98: Adam param group
+``weight_method.parameters()`` at ``--method-params-lr`` 5e-3, and ``methods/weight_methods.py`` ``AuxiLearn``,
+whose ``parameters()`` is the network's and whose ``backward`` is ``L_T.backward()``), so φ also descends the
+training loss L_T on every step, besides the hypergradient steps. That is most likely what the paper's
+AuxiLearn rows ran; it drives the auxiliary weights towards 0. We then hand φ to the loop's optimiser through
+``main_optimizer_parameters`` (lr ``train_on_loss_lr``) and add ∂L_T/∂φ to its ``.grad`` in ``backward``. The
+default (False) is the AuxiLearn paper's method: φ learns from the hypergradient alone. Either way the network
+is clamped non-negative before every use, as the official ``get_weighted_loss`` does (``self.clamp()``).
+
+Losses of any floating dtype are accepted (e.g. a float64 model): the network runs in its own dtype (float32
+unless built under another default) and the weights it returns are cast back to the losses' dtype.
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 from torch import nn
@@ -71,6 +84,8 @@ class AuxiLearn(WeightMethod):
         neumann_scale: float = 1e-4,
         hypergrad_clip: float = 25.0,
         seed: int = 0,
+        train_on_loss: bool = False,
+        train_on_loss_lr: float = 5e-3,
     ) -> None:
         super().__init__(n_tasks, main_task, device)
         with torch.random.fork_rng(devices=[]):
@@ -81,19 +96,35 @@ class AuxiLearn(WeightMethod):
         self.neumann_terms = neumann_terms
         self.neumann_scale = neumann_scale
         self.hypergrad_clip = hypergrad_clip
+        self.train_on_loss = bool(train_on_loss)
+        self.train_on_loss_lr = train_on_loss_lr
+
+    def main_optimizer_parameters(self) -> List[Dict[str, Any]]:
+        """With ``train_on_loss``, the network joins the main optimiser (lr 5e-3, the official default)."""
+        if not self.train_on_loss:
+            return []
+        return [{"params": list(self.network.parameters()), "lr": self.train_on_loss_lr}]
+
+    def _network_input(self, losses: torch.Tensor) -> torch.Tensor:
+        return losses.to(next(self.network.parameters()).dtype)
 
     def backward(self, losses, shared_parameters=(), task_specific_parameters=(), representation=None):
-        detached = losses.detach().requires_grad_(True)
+        self.network.clamp_()
+        detached = self._network_input(losses.detach()).requires_grad_(True)
+        parameters = list(self.network.parameters()) if self.train_on_loss else []
         with torch.enable_grad():
-            (weights,) = torch.autograd.grad(self.network(detached), detached)
-        losses.backward(weights)  # = ∇_θ h_φ(L(θ)): the chain rule through the network, one backward pass
+            weights, *parameter_grads = torch.autograd.grad(self.network(detached), [detached, *parameters])
+        losses.backward(weights.to(losses.dtype))  # = ∇_θ h_φ(L(θ)): the chain rule through the network
+        for parameter, gradient in zip(parameters, parameter_grads):  # ∂L_T/∂φ for the main optimiser
+            parameter.grad = gradient if parameter.grad is None else parameter.grad + gradient
         self.step += 1
-        return {"weights": weights.detach()}
+        return {"weights": weights.detach().to(losses.dtype)}
 
     def meta_update(self, compute_losses, train_batch, val_batch, shared_parameters) -> Dict[str, torch.Tensor]:
+        self.network.clamp_()  # the main optimiser may have moved it (train_on_loss)
         shared = list(shared_parameters)
         val_loss = compute_losses(val_batch)[self.main_task]
-        train_loss = self.network(compute_losses(train_batch))
+        train_loss = self.network(self._network_input(compute_losses(train_batch)))
         parameters = list(self.network.parameters())
         hypergradients = implicit_hypergradient(val_loss, train_loss, shared, parameters,
                                                 self.neumann_terms, self.neumann_scale)
@@ -102,6 +133,7 @@ class AuxiLearn(WeightMethod):
             parameter.grad = gradient.detach()
         norm = torch.nn.utils.clip_grad_norm_(parameters, self.hypergrad_clip)
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # the hypergradient must not reach the main optimiser
         self.network.clamp_()
         return {"hypergradient_norm": norm.detach()}
 

@@ -3,18 +3,22 @@
 A training loop uses a method in two places and never needs to know which one it runs:
 
     info = method.backward(losses, shared_parameters=..., task_specific_parameters=...)
-    optimizer.step()
+    optimizer.step()            # optimizer: Adam over the model's parameters + method.main_optimizer_parameters()
     if step % meta_every == 0:
         method.meta_update(compute_losses=..., train_batch=..., val_batch=..., shared_parameters=...)
 
 ``backward`` leaves the combined gradient in ``.grad`` and returns a dict with at least ``weights`` (the
-per-task weights it applied to the shared parameters, a 1-D tensor). ``meta_update`` learns whatever the
-method learns (AuxiNash: the bargaining power; AuxiLearn: the auxiliary network; OL-AUX: the auxiliary
-weights) and is a no-op elsewhere. ``state_dict`` / ``load_state_dict`` / ``to`` carry all learned state.
+per-task weights it applied to the shared parameters, a 1-D tensor); a method may leave no ``.grad`` at all on
+a step where the model should not move (OL-AUX's weight iterations, as in ARML's code). ``meta_update`` learns
+whatever the method learns from meta batches (AuxiNash: the bargaining power; AuxiLearn: the auxiliary network)
+and is a no-op elsewhere (OL-AUX updates its weights inside ``backward``, on its own interval).
+``main_optimizer_parameters`` lists parameter groups of the method that the loop's own optimiser trains on the
+training loss (none by default; AuxiLearn's network with ``train_on_loss``). ``state_dict`` /
+``load_state_dict`` / ``to`` carry all learned state.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
@@ -62,6 +66,11 @@ class WeightMethod:
     ) -> Dict[str, torch.Tensor]:
         """Learn the method's own parameters from a training and a meta-validation batch (no-op by default)."""
         return {}
+
+    def main_optimizer_parameters(self) -> List[Dict[str, Any]]:
+        """Parameter groups (``{"params": [...], "lr": ...}``) of the method that the training loop's optimiser
+        should also step, from the ``.grad`` that ``backward`` leaves in them. None by default."""
+        return []
 
     # -- state -----------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

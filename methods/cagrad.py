@@ -5,8 +5,12 @@ problem over the simplex is
 
     w* = argmin_{w ∈ Δ} wᵀ A 1/K + c √(wᵀ A w),                                       (1)
 
-and the update is d = g₀ + (c / ‖g_w‖) g_w with g_w = Σ_k w*_k g_k, divided by 1 + ``c``² (Nash-MTL's
-default ``rescale=1``). Equivalently d = Σ_k λ_k g_k with λ = (1/K + c w*/‖g_w‖) / (1 + ``c``²).
+and the update is d = K · (g₀ + (c / ‖g_w‖) g_w) / (1 + ``c``²) with g_w = Σ_k w*_k g_k: divided by 1 + ``c``²
+(``rescale=1``) and multiplied by K "to match the sum loss", as both the official AuxiNash code
+(AvivSham/auxinash ``methods/weight_methods.py``, ``CAGrad.cagrad`` and ``overwrite_grad``: ``newgrad *
+self.n_tasks``) and the CAGrad authors' code (Cranial-XIX/CAGrad ``nyuv2/utils.py`` and ``cityscapes/utils.py``,
+``overwrite_grad``: ``newgrad * 3`` / ``* 2``) do. Equivalently d = Σ_k λ_k g_k with
+λ = K (1/K + c w*/‖g_w‖) / (1 + ``c``²). The factor K matters under SGD and, through Adam's ε, under Adam.
 
 (1) is a K-dimensional convex problem; we solve it exactly (duality gap ≤ 1e-10 on the normalised problem)
 by a log-barrier interior-point method: equality-constrained Newton steps on t·F(w) − Σ log w_k, t ×10 each
@@ -23,12 +27,12 @@ from .gradients import TaskGradients
 EPS = 1e-8  # inside the square root, as in the reference implementation
 
 
-def cagrad_objective(w: np.ndarray, gram: np.ndarray, radius: float) -> float:
+def cagrad_objective(w: np.ndarray, gram: np.ndarray, radius: float, eps: float = EPS) -> float:
     """F(w) = wᵀ A 1/K + radius · √(wᵀ A w + ε) for the Gram matrix A."""
-    return float(w @ gram.mean(axis=1) + radius * np.sqrt(max(w @ gram @ w, 0.0) + EPS))
+    return float(w @ gram.mean(axis=1) + radius * np.sqrt(max(w @ gram @ w, 0.0) + eps))
 
 
-def solve_cagrad(gram: np.ndarray, radius: float, gap: float = 1e-10) -> np.ndarray:
+def solve_cagrad(gram: np.ndarray, radius: float, gap: float = 1e-10, eps: float = EPS) -> np.ndarray:
     """Minimise ``cagrad_objective`` over the probability simplex by a barrier method (float64)."""
     k = gram.shape[0]
     gram = 0.5 * (gram + gram.T)
@@ -36,13 +40,13 @@ def solve_cagrad(gram: np.ndarray, radius: float, gap: float = 1e-10) -> np.ndar
     w = np.full(k, 1.0 / k)
 
     def barrier(x: np.ndarray, t: float) -> float:
-        return t * cagrad_objective(x, gram, radius) - float(np.log(x).sum())
+        return t * cagrad_objective(x, gram, radius, eps) - float(np.log(x).sum())
 
     t = 1.0
     while True:
         for _ in range(100):
             a_w = gram @ w
-            norm = np.sqrt(max(w @ a_w, 0.0) + EPS)  # A may be singular: round-off can make wᵀAw < 0
+            norm = np.sqrt(max(w @ a_w, 0.0) + eps)  # A may be singular: round-off can make wᵀAw < 0
             gradient = t * (linear + radius * a_w / norm) - 1.0 / w
             hessian = t * radius * (gram / norm - np.outer(a_w, a_w) / norm**3) + np.diag(1.0 / w**2)
             # Newton step with 1ᵀstep = 0, in the variables z = step / w where the barrier's Hessian is O(1)
@@ -82,10 +86,15 @@ class CAGrad(GradientMethod):
         if scale == 0.0:
             weights = np.full(self.n_tasks, 1.0 / self.n_tasks)
         else:
-            normalised = gram / scale  # F scales with A: same minimiser, well-conditioned barrier
-            radius = self.c * np.sqrt(normalised.mean() + EPS)
-            w = solve_cagrad(normalised, radius)
-            lam = radius / (np.sqrt(max(w @ normalised @ w, 0.0) + EPS) + 1e-8 / np.sqrt(scale))
+            # F(w)/scale on A/scale: the same minimiser, a well-conditioned barrier. The reference's 1e-8 terms
+            # (c = alpha · √(mean A + 1e-8), √(wᵀAw + 1e-8) in the objective, λ = c / (‖g_w‖ + 1e-8)) carried over
+            # to the normalised units exactly, so that λ is the reference's to round-off.
+            normalised = gram / scale
+            eps = EPS / scale
+            radius = self.c * np.sqrt(normalised.mean() + eps)
+            w = solve_cagrad(normalised, radius, eps=eps)
+            lam = radius / (np.sqrt(max(w @ normalised @ w, 0.0)) + 1e-8 / np.sqrt(scale))
             weights = (np.full(self.n_tasks, 1.0 / self.n_tasks) + lam * w) / (1 + self.c**2)
+        weights = self.n_tasks * weights  # the official code's ``newgrad * n_tasks`` (see the module docstring)
         weights = torch.as_tensor(weights, dtype=torch.float32, device=grads.shared.device)
         return weights, torch.ones_like(weights), {"weights": weights}

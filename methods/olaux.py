@@ -1,21 +1,52 @@
 """OL-AUX: online auxiliary weighting (Lin, Baweja, Kantor, Held; "Adaptive Auxiliary Task Weighting for
 Reinforcement Learning", NeurIPS 2019, Alg. 1).
 
-The shared update is Σ_k w_k g_k with w_main = 1 and auxiliary weights w_k (initially 1). The weights follow
-gradient descent on the main loss with respect to w over the last N steps:
+The training loss is L_main + Σ_k w_k L_k: the shared parameters *and* each auxiliary head receive w_k ∇L_k
+(ARML ``SSL/lib/task_weighter.py`` ``Task_Weighter.forward``; Lin et al. ``olaux/ddpg.py``: the auxiliary
+losses enter the training loss as ``stop_gradient(w_i) * loss``). w_main = 1; the auxiliary weights start at
+``initial_weight`` = 1 and are clamped at ≥ 0 after every update. With g_k = ∇L_k over the shared parameters,
+they climb the agreement between main and auxiliary gradients every ``interval`` iterations, in one of two forms:
 
-    w_k ← max(0, w_k + β · Σ_{last N steps} ∇L_mainᵀ ∇L_k),
+``form="arml"`` (default). There is no official OL-AUX implementation; the public one closest to the paper's
+setting is ARML's own CIFAR code (bfshi/ARML_Auxiliary_Task_Reweighting), which we follow:
 
-β = ``lr`` (0.05) and the clamp at 0 as in ARML's public implementation. The dot products are accumulated at
-every step from the per-task gradients the step computes anyway; ``meta_update`` applies the update, so N is
-the training loop's ``--meta-every``. Task-specific heads are trained by their own losses.
+- ``SSL/train.py`` (~106, ~187-207): on every iteration with ``iteration % 20 == 0`` the weights take one step
+  of plain SGD (``optim.SGD``, no momentum, lr = ``task_weighter_lr``) on that iteration's batch alone, and the
+  model takes *no* step on that iteration (its update sits under ``if iteration % 20 != 0``);
+- ``SSL/lib/task_weighter.py`` ``ol_aux_weight_loss``: the weights' loss is −g_mainᵀ(Σ_k w_k g_k) over the
+  shared parameters (``model.parameters()`` without the last six, i.e. without the three output heads), with
+  g_main detached; its gradient with respect to w_k is −g_mainᵀg_k, so the step is
+
+      w_k ← max(0, w_k + β · g_mainᵀ g_k),      β = ``lr`` = 0.05 (``SSL/config.py`` ``task_weighter_lr``),
+
+  the clamp from ``train.py`` (``torch.clamp(task_weighter.alpha.data, 0)``), ``interval`` = 20 (``train.py``'s
+  hard-coded ``iteration % 20``; our own argument, independent of the loop's ``--meta-every``).
+
+On the other iterations no per-task gradients are needed: one backward pass of the weighted loss.
+
+``form="accumulated"``: Lin et al.'s Alg. 1 (and ``olaux/quadratic.py`` ``adaptive_training``,
+``olaux/ddpg.py`` ``_update_aux_weights``): the model steps on every iteration; the dot products g_mainᵀg_k are
+summed over the last ``interval`` iterations and applied as one step,
+
+      w_k ← max(0, w_k + β · Σ_{last N iterations} g_mainᵀ g_k),
+
+at the end of every ``interval``-th iteration (this iteration's update still uses the old weights, as in
+``quadratic.py``). With the same β this step is ~N times ARML's. Lin et al.'s RL code uses N = 5 and a step
+size tied to its critic's learning rate (``olaux/main.py``); we keep β and N as arguments.
+
+Both forms count the iterations themselves in ``backward`` (``self.step``, saved with the state), so
+``meta_update`` is a no-op.
 """
 from __future__ import annotations
+
+from typing import Dict, Optional
 
 import torch
 
 from .base import GradientMethod
-from .gradients import TaskGradients
+from .gradients import TaskGradients, per_task_gradients
+
+FORMS = ("arml", "accumulated")
 
 
 class OLAUX(GradientMethod):
@@ -23,23 +54,52 @@ class OLAUX(GradientMethod):
 
     state_tensors = ("weights", "accumulated_dots")
 
-    def __init__(self, n_tasks: int, main_task: int = 0, device=None, lr: float = 0.05,
-                 initial_weight: float = 1.0) -> None:
+    def __init__(self, n_tasks: int, main_task: int = 0, device=None, lr: float = 0.05, interval: int = 20,
+                 form: str = "arml", initial_weight: float = 1.0) -> None:
         super().__init__(n_tasks, main_task, device)
+        if form not in FORMS:
+            raise ValueError(f"OL-AUX form must be one of {FORMS} (--olaux-form), got {form!r}")
+        if int(interval) != interval or interval < 1:
+            raise ValueError(f"OL-AUX interval must be a positive integer (--olaux-interval), got {interval!r}")
         self.lr = lr
+        self.interval = int(interval)
+        self.form = form
         self.weights = torch.full((n_tasks,), float(initial_weight), device=self.device)
         self.weights[main_task] = 1.0
         self.accumulated_dots = torch.zeros(n_tasks, device=self.device)
 
-    def combine(self, grads: TaskGradients):
-        dots = grads.shared @ grads.shared[self.main_task]
-        self.accumulated_dots = self.accumulated_dots.to(dots.device) + dots.detach().float()
-        weights = self.weights.to(dots.device)
-        return weights, torch.ones_like(weights), {"weights": weights.clone()}
+    def _update_due(self) -> bool:
+        """True on iterations interval, 2·interval, ... (``self.step`` counts the iterations before this one)."""
+        return (self.step + 1) % self.interval == 0
 
-    def meta_update(self, compute_losses, train_batch, val_batch, shared_parameters):
-        updated = (self.weights + self.lr * self.accumulated_dots.to(self.weights.device)).clamp(min=0)
+    def _step_weights(self, dots: torch.Tensor) -> None:
+        """w ← max(0, w + β · dots), the main task's weight kept at 1."""
+        updated = (self.weights + self.lr * dots.detach().to(self.weights)).clamp(min=0)
         updated[self.main_task] = 1.0
         self.weights = updated
-        self.accumulated_dots = torch.zeros_like(self.accumulated_dots)
+
+    def reused_weights(self) -> Optional[torch.Tensor]:
+        # ARML's form needs the per-task gradients only on its update iterations
+        return self.weights if self.form == "arml" else None
+
+    def backward(self, losses, shared_parameters, task_specific_parameters=(), representation=None
+                 ) -> Dict[str, torch.Tensor]:
+        if self.form != "arml" or not self._update_due():
+            return super().backward(losses, shared_parameters, task_specific_parameters, representation)
+        # ARML's weight iteration: one SGD step of the weights on this batch, and no model step (no .grad)
+        shared = list(shared_parameters)
+        grads = per_task_gradients(losses, [representation] if representation is not None else shared)
+        self._step_weights(grads.shared @ grads.shared[self.main_task])
+        for parameter in shared + list(task_specific_parameters):
+            parameter.grad = None
+        self.step += 1
         return {"weights": self.weights.clone()}
+
+    def combine(self, grads: TaskGradients):
+        weights = self.weights.to(grads.shared.device).clone()  # applied on this iteration
+        self.accumulated_dots = self.accumulated_dots.to(grads.shared.device) + \
+            (grads.shared @ grads.shared[self.main_task]).detach().to(self.accumulated_dots.dtype)
+        if self._update_due():
+            self._step_weights(self.accumulated_dots)
+            self.accumulated_dots = torch.zeros_like(self.accumulated_dots)
+        return weights, weights, {"weights": weights}

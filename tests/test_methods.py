@@ -116,17 +116,22 @@ def test_gcs_drops_conflicting_auxiliary(model):
 
 
 def test_olaux_weight_update_formula(model, batch):
-    g, _ = task_gradients(model, batch)
-    method = get_method("olaux", 3, lr=0.05)
+    """Lin et al.'s accumulated form (``form="accumulated"``; the default is ARML's, pinned in
+    tests/test_baselines_fidelity.py): the update now happens inside ``backward`` at the end of every
+    ``interval``-th step, no longer in ``meta_update``, and the heads are weighted by w_k too (ARML
+    ``task_weighter.py`` / Lin et al. ``ddpg.py``: the auxiliary losses enter the training loss as w_k L_k)."""
+    g, s = task_gradients(model, batch)
+    method = get_method("olaux", 3, lr=0.05, form="accumulated", interval=2)
     run_backward(method, model, batch)
-    run_backward(method, model, batch)  # two steps accumulate
-    method.meta_update(None, None, None, [])
+    run_backward(method, model, batch)  # two steps accumulate, then one update
+    method.meta_update(None, None, None, [])  # a no-op now
     dots = g @ g[0]
     expected = (1 + 0.05 * 2 * dots).clamp(min=0)
     expected[0] = 1
     torch.testing.assert_close(method.weights.double(), expected, rtol=1e-5, atol=1e-7)
-    _, shared, _ = run_backward(method, model, batch)
+    _, shared, specific = run_backward(method, model, batch)
     torch.testing.assert_close(shared, method.weights.double() @ g, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(specific, method.weights.double() @ s, rtol=1e-5, atol=1e-7)
 
 
 def test_pcgrad_projects_conflicting_pair():
@@ -194,7 +199,9 @@ def test_cagrad_update(model, batch):
     radius = 0.4 * np.sqrt(gram.mean())
     w = torch.as_tensor(solve_cagrad(gram / np.linalg.norm(gram), 0.4 * np.sqrt((gram / np.linalg.norm(gram)).mean())))
     gw = w @ g
-    expected = (g.mean(0) + radius / gw.norm() * gw) / (1 + 0.4**2)
+    # × K: the official AuxiNash and CAGrad code scale the shared update by the number of tasks
+    # (AvivSham/auxinash methods/weight_methods.py CAGrad.overwrite_grad; Cranial-XIX/CAGrad nyuv2/utils.py)
+    expected = 3 * (g.mean(0) + radius / gw.norm() * gw) / (1 + 0.4**2)
     torch.testing.assert_close(shared, expected, rtol=1e-6, atol=1e-8)
 
 

@@ -10,6 +10,7 @@ from ..models import MultiTaskModel
 from ..tasks import Task
 
 Batch = Dict[str, torch.Tensor]
+META_BATCHES = ("step", "official")  # where a meta-update's L_T and L_V batches come from (Benchmark.meta_batches)
 
 
 def is_synthetic(root: str) -> bool:
@@ -45,6 +46,38 @@ class Benchmark:
 
     def meta_val_batch(self) -> Batch:
         raise NotImplementedError
+
+    def fresh_training_batch(self, items: str = "train") -> Batch:
+        """A new random batch, shuffled and augmented as the training stream's are, of the training items
+        (``"train"``) or of the meta-validation items (``"meta"``: the training items themselves unless held
+        out). Drawn with state the benchmark saves, so that ``--resume`` replays it. Needed only for
+        ``--meta-batches official``; a benchmark without it refuses that choice at the start of training."""
+        raise NotImplementedError(f"the {self.name} benchmark cannot draw fresh training batches for the "
+                                  f"meta-update: use --meta-batches step")
+
+    def check_meta_batches(self, mode: str) -> None:
+        """Fail before training if ``mode`` is unknown or this benchmark cannot serve it."""
+        if mode not in META_BATCHES:
+            raise ValueError(f"--meta-batches must be one of {META_BATCHES}, got {mode!r}")
+        if mode == "official" and type(self).fresh_training_batch is Benchmark.fresh_training_batch:
+            raise ValueError(f"--meta-batches official is not available for the {self.name} benchmark (it cannot "
+                             f"draw fresh training batches): use --meta-batches step")
+
+    def meta_batches(self, step_batch: Batch, mode: str = "step") -> Tuple[Batch, Batch]:
+        """The (L_T, L_V) batches of a meta-update.
+
+        ``"step"``: the step's own training batch for L_T and ``meta_val_batch()`` (un-augmented) for L_V.
+        ``"official"``: as the official AuxiNash hyperstep draws them (AvivSham/auxinash
+        ``methods/auxinash/hyperstep.py`` ~27 and ~42, ``methods/auxilearn/hyperstep.py``: ``next(iter(loader))``
+        on the shuffled training loader for L_T and on ``val_loader`` for L_V, which is the augmented training
+        set itself, or an augmented held-out part of it, ``experiments/nyuv2/trainer.py`` ~55-75): a fresh
+        augmented training batch for L_T and a fresh augmented meta-validation batch for L_V.
+        """
+        if mode == "step":
+            return step_batch, self.meta_val_batch()
+        if mode == "official":
+            return self.fresh_training_batch("train"), self.fresh_training_batch("meta")
+        raise ValueError(f"--meta-batches must be one of {META_BATCHES}, got {mode!r}")
 
     def losses(self, model: MultiTaskModel, batch: Batch) -> Tuple[torch.Tensor, torch.Tensor]:
         """The K task losses (in task order) and the shared representation they were computed from."""

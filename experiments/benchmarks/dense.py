@@ -27,6 +27,9 @@ class DenseBenchmark(Benchmark):
         self.meta_val_size = meta_val_size
         full = make_dataset(data_root, "train")
         train_idx, meta_idx = meta_val_split(len(full), meta_val_size, seed)
+        self.make_dataset, self.augment = make_dataset, augment
+        self.item_indices = {"train": train_idx, "meta": meta_idx}
+        self.fresh_set = None  # the augmented training split for fresh_training_batch, made on first use
         self.train_set = make_dataset(data_root, "train", augment=augment, indices=train_idx, seed=seed)
         self.meta_set = make_dataset(data_root, "train", indices=meta_idx)
         self.test_set = make_dataset(data_root, "val")
@@ -53,6 +56,20 @@ class DenseBenchmark(Benchmark):
         picks = torch.randint(len(self.meta_set), (self.batch_size,), generator=self.generator).tolist()
         return self.to_device(default_collate([self.meta_set[i] for i in picks]))
 
+    def _fresh_set(self):
+        if self.fresh_set is None:  # its own augmentation rng (saved), apart from the training stream's
+            self.fresh_set = self.make_dataset(self.data_root, "train", augment=self.augment, seed=self.seed + 2)
+        return self.fresh_set
+
+    def fresh_training_batch(self, items: str = "train") -> Batch:
+        """``batch_size`` distinct items of the training (or meta-validation) items, augmented as training
+        batches are (the first batch of a freshly shuffled loader, as the official hyperstep's
+        ``next(iter(train_loader))``), drawn with the benchmark's generator."""
+        indices = self.item_indices[items]
+        picks = torch.randperm(len(indices), generator=self.generator)[:self.batch_size].tolist()
+        dataset = self._fresh_set()
+        return self.to_device(default_collate([dataset[int(indices[i])] for i in picks]))
+
     def losses(self, model, batch):
         features = model.encode(batch["image"])
         losses = torch.stack([t.loss(model.heads[t.name](features), batch[t.key]) for t in self.tasks])
@@ -71,10 +88,15 @@ class DenseBenchmark(Benchmark):
         return {"test": {f"{name}_{k}": v for name, acc in accumulators.items() for k, v in acc.result().items()}}
 
     def state_dict(self):
-        return {"generator": self.generator.get_state()}
+        state = {"generator": self.generator.get_state()}
+        if self.fresh_set is not None:
+            state["fresh_rng"] = self.fresh_set.rng.getstate()
+        return state
 
     def load_state_dict(self, state):
         self.generator.set_state(state["generator"])
+        if "fresh_rng" in state:
+            self._fresh_set().rng.setstate(state["fresh_rng"])
 
     def describe(self):
         return {"data_root": os.path.abspath(self.data_root), "synthetic_data": is_synthetic(self.data_root),

@@ -61,6 +61,11 @@ class ToyBenchmark(Benchmark):
         picks = torch.randint(len(self.train["x"]), (self.batch_size,), generator=self.generator).to(self.device)
         return {k: v[picks] for k, v in self.train.items()}
 
+    def fresh_training_batch(self, items: str = "train") -> Batch:
+        """``batch_size`` distinct training samples (no augmentation here; the meta items are the training set)."""
+        picks = torch.randperm(len(self.train["x"]), generator=self.generator)[:self.batch_size].to(self.device)
+        return {k: v[picks] for k, v in self.train.items()}
+
     def losses(self, model, batch):
         predictions = model(batch["x"])
         return torch.stack([t.loss(predictions[t.name], batch[t.key]) for t in self.tasks]), predictions["main"]
