@@ -30,6 +30,8 @@ Two input pipelines (``pipeline``):
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import pickle
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ import torch
 
 from .common import DatasetNotFoundError, MalformedDatasetError, meta_val_split
 
+log = logging.getLogger(__name__)
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 N_CLASSES = 10
@@ -181,6 +184,36 @@ def apply_zca(images: torch.Tensor, mean: torch.Tensor, matrix: torch.Tensor, ch
     return out.reshape(images.shape)
 
 
+_ZCA_MEMORY: Dict[str, tuple] = {}
+
+
+def zca_cache_dir() -> str:
+    return os.environ.get("AUXINASH_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "auxinash"))
+
+
+def cached_zca(images: torch.Tensor, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fit_zca(images)``, remembered in memory and in ``$AUXINASH_CACHE`` (default ``~/.cache/auxinash``)
+    under ``key`` (a hash of the raw training images): the 3072×3072 eigendecomposition takes minutes on a CPU.
+    An unwritable cache folder only costs the refit."""
+    if key not in _ZCA_MEMORY:
+        path = os.path.join(zca_cache_dir(), f"zca-{key}.pt")
+        if os.path.exists(path):
+            stored = torch.load(path, map_location="cpu")
+            _ZCA_MEMORY[key] = (stored["mean"], stored["matrix"])
+        else:
+            log.info("fitting ZCA whitening on %d images (cached afterwards in %s)", len(images), path)
+            mean, matrix = fit_zca(images)
+            _ZCA_MEMORY[key] = (mean.cpu(), matrix.cpu())
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                torch.save({"mean": mean.cpu(), "matrix": matrix.cpu()}, path + ".tmp")
+                os.replace(path + ".tmp", path)
+            except OSError as error:
+                log.warning("could not cache the ZCA whitening in %s: %s", path, error)
+    mean, matrix = _ZCA_MEMORY[key]
+    return mean.to(images.device), matrix.to(images.device)
+
+
 def arml_augment(images: torch.Tensor, generator: torch.Generator, noise_std: float = AUGMENT_NOISE_STD
                  ) -> torch.Tensor:
     """ARML's training transform (``lib/transform.py``, applied in ``WRN.forward`` to every training forward
@@ -307,6 +340,8 @@ class CifarSSL:
         self.test_images = to_tensor(arrays["test_images"])
         self.test_labels = torch.from_numpy(arrays["test_labels"]).to(self.device)
         self.whitened = pipeline != "arml"  # the ARML inputs are made on first use (``whiten``)
+        digest = hashlib.sha1(np.ascontiguousarray(arrays["train_images"]).tobytes())
+        self.zca_key = f"{digest.hexdigest()[:20]}-gcn{GCN_SCALE:g}-reg{ZCA_REGULARISATION:g}"
         self.positions = {name: torch.from_numpy(getattr(self.splits, name)).to(self.device)
                           for name in ("train", "val", "labeled", "meta_val")}
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -317,7 +352,7 @@ class CifarSSL:
         if self.whitened:
             return
         train = gcn(self.images.float())
-        mean, matrix = fit_zca(train)
+        mean, matrix = cached_zca(train, self.zca_key)
         self.images = apply_zca(train, mean, matrix)
         del train
         self.test_images = apply_zca(gcn(self.test_images.float()), mean, matrix)

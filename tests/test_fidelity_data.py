@@ -150,3 +150,249 @@ def test_cityscapes_benchmark_uses_the_roots_invalid_marker(tmp_path):
     bench = cityscapes_benchmark(root, batch_size=2, epochs=1, meta_val_size=0, device="cpu", seed=0, width=0.0625)
     assert next(t for t in bench.tasks if t.name == "disp").invalid == 0.0
     assert isinstance(Target("x", "x", "disparity").invalid, float)
+
+
+# ---------------------------------------------------------------- semi-supervised CIFAR-10 ----------------------
+
+from data import CifarSSL  # noqa: E402
+from data.cifar import (apply_zca, arml_augment, fit_zca, gcn, rotate_all, rotate_batch,  # noqa: E402
+                        student_view)
+from experiments.benchmarks.cifar_ssl import CifarSSLBenchmark  # noqa: E402
+from experiments.models import ArmlBlock, BasicBlock, CifarSSLNet, WideResNet, batch_stats_frozen  # noqa: E402
+
+
+def test_gcn_by_hand():
+    """ARML build_dataset.py gcn: x − mean(x), scaled to norm 55; a constant image stays 0."""
+    images = torch.tensor([[1.0, 3.0, 2.0, 2.0], [5.0, 5.0, 5.0, 5.0]]).view(2, 1, 2, 2)
+    out = gcn(images)
+    # image 0: mean 2 → [−1, 1, 0, 0], norm √2 → 55·[−1, 1, 0, 0]/√2
+    torch.testing.assert_close(out[0].flatten(), torch.tensor([-1.0, 1.0, 0.0, 0.0]) * 55 / 2 ** 0.5)
+    torch.testing.assert_close(out[1], torch.zeros(1, 2, 2))
+
+
+@pytest.fixture
+def correlated():
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(2000, 12, generator=generator, dtype=torch.float64)
+    mixing = torch.randn(12, 12, generator=generator, dtype=torch.float64) + 3 * torch.eye(12, dtype=torch.float64)
+    return (z @ mixing + 5.0).view(2000, 3, 2, 2)
+
+
+def test_zca_whitened_batch_has_identity_covariance(correlated):
+    mean, matrix = fit_zca(correlated, regularisation=0.0)
+    white = apply_zca(correlated, mean, matrix).view(2000, -1).double()
+    covariance = np.cov(white.numpy(), rowvar=False)  # the unbiased covariance, as ARML's np.cov
+    np.testing.assert_allclose(covariance, np.eye(12), atol=2e-4)
+    np.testing.assert_allclose(white.mean(0).numpy(), 0, atol=1e-4)
+    torch.testing.assert_close(matrix, matrix.T)  # ZCA: symmetric, not a PCA rotation
+
+
+def test_zca_regularisation_as_arml(correlated):
+    """ARML: W = U diag(1/√(S + 1e-10)) Uᵀ of np.cov + 0.1 I ⇒ whitened covariance U diag(S₀/(S₀ + 0.1)) Uᵀ."""
+    flat = correlated.view(2000, -1).numpy()
+    covariance = np.cov(flat, rowvar=False)
+    u, s, _ = np.linalg.svd(covariance + 0.1 * np.eye(12))
+    arml_matrix = u @ np.diag(1 / np.sqrt(s + 1e-10)) @ u.T
+    mean, matrix = fit_zca(correlated)
+    np.testing.assert_allclose(matrix.numpy(), arml_matrix, rtol=1e-4, atol=1e-6)
+    white = apply_zca(correlated, mean, matrix).view(2000, -1).double().numpy()
+    eigenvalues, vectors = np.linalg.eigh(covariance)
+    expected = vectors @ np.diag(eigenvalues / (eigenvalues + 0.1)) @ vectors.T
+    np.testing.assert_allclose(np.cov(white, rowvar=False), expected, atol=2e-4)
+
+
+def test_four_rotations_of_one_image():
+    image = torch.arange(2 * 4 * 4, dtype=torch.float32).view(1, 2, 4, 4)
+    rotated, targets = rotate_all(image)
+    assert targets.tolist() == [0, 1, 2, 3]
+    for k in range(4):
+        torch.testing.assert_close(rotated[k], torch.rot90(image[0], k, dims=(1, 2)))
+    # ARML s4l.py MyRotationTransform: 90° = transpose(-2, -1).flip(-2), 180° = flip both, 270° = transpose.flip(-1)
+    torch.testing.assert_close(rotated[1], image[0].transpose(-2, -1).flip(-2))
+    torch.testing.assert_close(rotated[2], image[0].flip(-2).flip(-1))
+    torch.testing.assert_close(rotated[3], image[0].transpose(-2, -1).flip(-1))
+    # the random-angle form uses the same rotations
+    torch.testing.assert_close(rotate_batch(image.expand(4, -1, -1, -1), torch.arange(4)), rotated)
+
+
+def test_arml_augment_crop_flip_per_batch_and_noise():
+    images = torch.rand(5, 3, 8, 8)
+    padded = torch.nn.functional.pad(images, [2, 2, 2, 2], mode="reflect")
+    flips = set()
+    for seed in range(12):
+        out = arml_augment(images, torch.Generator().manual_seed(seed), noise_std=0.0)
+        matches = [(t, l, f) for t in range(5) for l in range(5) for f in (False, True)
+                   if torch.equal(out, (padded.flip(-1) if f else padded)[..., t:t + 8, l:l + 8])]
+        assert matches, "one crop offset and one flip for the whole batch"
+        flips.add(matches[0][2])
+    assert flips == {False, True}
+    noise = arml_augment(torch.zeros(64, 3, 32, 32), torch.Generator().manual_seed(0))
+    assert abs(noise.std().item() - 0.15) < 3e-3 and abs(noise.mean().item()) < 3e-3
+
+
+def test_student_view_as_armls_random_aug():
+    """ARML RandomAug: flip the batch w.p. ½, add (ε·0.03 + mean)·(max − min)/2, zero one 16×16 square."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(64, 3, 32, 32) * 2.0 - 0.5  # min ≈ −0.5, max ≈ 1.5, mean ≈ 0.5
+    low, high, mean = images.min(), images.max(), images.mean()
+    flips = set()
+    for _ in range(10):
+        view = student_view(images, generator)
+        cut = (view == 0).all(dim=0).all(dim=0)  # the cutout: zero in every image and channel
+        rows, cols = cut.any(1).nonzero().flatten(), cut.any(0).nonzero().flatten()
+        assert 1 <= len(rows) <= 16 and 1 <= len(cols) <= 16 and cut.sum() == len(rows) * len(cols)
+        assert len(rows) == 16 or rows[0] == 0 or rows[-1] == 31  # clipped only at the border
+        assert len(cols) == 16 or cols[0] == 0 or cols[-1] == 31
+        kept = ~cut
+        residuals = {flip: (view - (images.flip(-1) if flip else images))[..., kept] for flip in (False, True)}
+        flip = min(residuals, key=lambda f: residuals[f].std().item())
+        flips.add(flip)
+        noise = residuals[flip]
+        assert abs(noise.mean().item() - (mean * (high - low) / 2).item()) < 2e-3
+        assert abs(noise.std().item() - (0.03 * (high - low) / 2).item()) < 2e-3
+    assert flips == {False, True}
+
+
+def test_ema_teacher_decay_warms_up():
+    """ARML Exemplar_MT.moving_average: decay min(1 − 1/(t+1), 0.95); teacher 0, student 1 ⇒ teacher k/(k+1)."""
+    model = CifarSSLNet(width=0.125)
+    with torch.no_grad():
+        for p in model.teacher["trunk"].parameters():
+            p.zero_()
+        for p in model.trunk.parameters():
+            p.fill_(1.0)
+    probe = lambda: next(model.teacher["trunk"].parameters()).flatten()[0].item()  # noqa: E731
+    for k in range(1, 20):
+        model.after_step()
+        assert probe() == pytest.approx(k / (k + 1), abs=1e-6)
+    model.after_step()  # t = 20: decay min(20/21, 0.95) = 0.95
+    assert probe() == pytest.approx(0.95 * 19 / 20 + 0.05, abs=1e-6)
+    legacy = CifarSSLNet(width=0.125, pipeline="legacy")
+    with torch.no_grad():
+        for p in legacy.teacher.parameters():
+            p.zero_()
+        for p in list(legacy.trunk.parameters()) + list(legacy.heads["exemplar"].parameters()):
+            p.fill_(1.0)
+    legacy.after_step()
+    assert next(legacy.teacher["trunk"].parameters()).flatten()[0].item() == pytest.approx(0.05)
+
+
+def test_wrn_is_armls():
+    """ARML wrn.py: LeakyReLU(0.1) everywhere; the downsampling blocks' shortcut takes the raw input."""
+    trunk = WideResNet(width=0.25)
+    assert not any(isinstance(m, torch.nn.ReLU) for m in trunk.modules())
+    slopes = {m.negative_slope for m in trunk.modules() if isinstance(m, torch.nn.LeakyReLU)}
+    assert slopes == {0.1}
+    x = torch.randn(4, 4, 8, 8)
+    block = ArmlBlock(4, 8, 2)
+    with torch.no_grad():
+        block.conv2.weight.zero_()  # leaves out = shortcut(x)
+    torch.testing.assert_close(block(x), torch.nn.functional.conv2d(x, block.shortcut.weight, stride=2))
+    first = ArmlBlock(4, 8, 1, activate_before_residual=True)
+    with torch.no_grad():
+        first.conv2.weight.zero_()
+    normalised = (x - x.mean((0, 2, 3), keepdim=True)) / torch.sqrt(x.var((0, 2, 3), unbiased=False, keepdim=True)
+                                                                     + 1e-5)
+    activated = torch.where(normalised > 0, normalised, 0.1 * normalised)
+    torch.testing.assert_close(first(x), torch.nn.functional.conv2d(activated, first.shortcut.weight))
+    legacy = BasicBlock(4, 8, 2)  # the earlier block: its shortcut takes the activated input (differs)
+    with torch.no_grad():
+        legacy.conv2.weight.zero_()
+    assert not torch.allclose(legacy(x), torch.nn.functional.conv2d(x, legacy.shortcut.weight, stride=2))
+    blocks = [m for m in trunk.modules() if isinstance(m, ArmlBlock)]
+    assert len(blocks) == 12 and [b.activate_before_residual for b in blocks].count(True) == 1
+    # Exemplar-MT has no task-specific parameters: no projection head
+    model = CifarSSLNet(width=0.25)
+    assert set(model.heads) == {"classification", "rotation"}
+
+
+def test_frozen_batch_stats_use_the_batch_and_leave_running_stats():
+    bn = torch.nn.BatchNorm2d(3)
+    x = torch.randn(8, 3, 4, 4) * 3 + 1
+    before = (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+    with batch_stats_frozen(bn):
+        out = bn(x)
+    assert all(torch.equal(a, b) for a, b in zip(before, (bn.running_mean, bn.running_var, bn.num_batches_tracked)))
+    torch.testing.assert_close(out, torch.nn.functional.batch_norm(x, None, None, bn.weight, bn.bias, True))
+    assert bn.track_running_stats
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory):
+    return synthetic.write_cifar10(str(tmp_path_factory.mktemp("cifar") / "c"), per_batch=40, n_test=40)
+
+
+def bn_buffers(module):
+    return [b.clone() for name, b in module.named_buffers() if "running" in name]
+
+
+def make_bench(root, **kwargs):
+    data = CifarSSL(root, n_labeled=50, val_size=50, seed=0)
+    return CifarSSLBenchmark(data, iterations=1, eval_every=1, labeled_batch=4, unlabeled_batch=4, device="cpu",
+                             seed=0, width=0.125, **kwargs)
+
+
+def test_cifar_arml_batches_are_whitened_and_unaugmented(cifar_root):
+    data = CifarSSL(cifar_root, n_labeled=50, val_size=50, seed=0)
+    batch = next(data.train_batches(4, 4))
+    assert set(batch) == {"image", "label"} and (batch["label"][4:] == -1).all()
+    flat = data.images.view(len(data.images), -1)
+    assert abs(flat.mean().item()) < 1e-3  # ZCA centred on the training images
+    # the batch is the stored whitened images, not augmented
+    assert any(torch.equal(batch["image"][0], image) for image in data.images)
+
+
+def test_stl_bn_running_statistics_unchanged_by_auxiliary_images(cifar_root):
+    """STL (needs_auxiliary_losses = False) forwards the labelled images only: its BN running statistics equal
+    those of a copy that saw only the labelled images with the same augmentation."""
+    import copy
+    from methods import METHODS
+
+    assert METHODS["stl"].needs_auxiliary_losses is False
+    bench = make_bench(cifar_root, auxiliary_forward=False)
+    torch.manual_seed(0)
+    model = bench.build_model()
+    reference = copy.deepcopy(model)
+    batch = next(bench.data.train_batches(4, 4))
+    state = bench.data.generator.get_state()
+    losses, _ = bench.losses(model, batch)
+    assert losses[1:].abs().sum() == 0 and losses[0] > 0
+    bench.data.generator.set_state(state)
+    reference.encode(arml_augment(batch["image"][:4], bench.data.generator))
+    for a, b in zip(bn_buffers(model.trunk), bn_buffers(reference.trunk)):
+        torch.testing.assert_close(a, b)
+    stl_buffers = bn_buffers(model.trunk)
+    # every other method: the rotation pass moves the running statistics, the student view (frozen) does not
+    bench = make_bench(cifar_root)
+    model, reference = copy.deepcopy(reference), copy.deepcopy(reference)
+    state = bench.data.generator.get_state()
+    bench.losses(model, batch)
+    bench.data.generator.set_state(state)
+    images = batch["image"]
+    reference.encode(arml_augment(images, bench.data.generator))
+    angles = torch.randint(0, 4, (len(images),), generator=bench.data.generator)
+    reference.encode(arml_augment(rotate_batch(images, angles), bench.data.generator))
+    for a, b in zip(bn_buffers(model.trunk), bn_buffers(reference.trunk)):
+        torch.testing.assert_close(a, b)
+    # (the check can fail: with the auxiliaries' passes the statistics are not the labelled-only ones)
+    assert not all(torch.allclose(a, b) for a, b in zip(bn_buffers(model.trunk), stl_buffers))
+
+
+def test_all4_rotation_and_legacy_pipeline_run(cifar_root):
+    bench = make_bench(cifar_root, rotation="all4")
+    losses, _ = bench.losses(bench.build_model(), next(bench.data.train_batches(4, 4)))
+    assert torch.isfinite(losses).all() and losses.shape == (3,)
+    data = CifarSSL(cifar_root, n_labeled=50, val_size=50, seed=0, pipeline="legacy")
+    legacy = CifarSSLBenchmark(data, iterations=1, eval_every=1, labeled_batch=4, unlabeled_batch=4, device="cpu",
+                               seed=0, width=0.125)
+    losses, _ = legacy.losses(legacy.build_model(), next(data.train_batches(4, 4)))
+    assert torch.isfinite(losses).all()
+    with pytest.raises(ValueError, match="all4"):
+        CifarSSLBenchmark(data, iterations=1, eval_every=1, labeled_batch=4, unlabeled_batch=4, device="cpu",
+                          seed=0, rotation="all4")
+
+
+def test_train_cifar_ssl_help_names_the_flags():
+    result = subprocess.run([sys.executable, "experiments/train_cifar_ssl.py", "--help"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert "--cifar-pipeline" in result.stdout and "--rotation" in result.stdout and "all4" in result.stdout
