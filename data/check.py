@@ -5,7 +5,8 @@
     python -m data.check cifar10 --root ROOT
 
 Reads every file through the same loaders the training scripts use, checks shapes, dtypes and value ranges
-(images in [0, 1], labels in [−1, C−1], depth / disparity ≥ 0, normals unit length or zero) and prints
+(images in [0, 1], labels in [−1, C−1], depth / disparity ≥ 0 or the invalid marker, normals unit length or zero;
+Cityscapes part_seg without −1 where the root's conventions.json says Auto-λ's background convention) and prints
 counts, shapes, value ranges and the class histogram. Exits with status 1 and the error on a malformed dataset.
 """
 from __future__ import annotations
@@ -22,7 +23,8 @@ from .common import DatasetNotFoundError, MalformedDatasetError
 from .dense import DenseDataset
 
 
-def summarise_dense(dataset: DenseDataset, expected_count: int) -> Dict[str, str]:
+def summarise_dense(dataset: DenseDataset, expected_count: int, no_ignore: tuple = ()) -> Dict[str, str]:
+    """Counts, ranges and histograms of every item; ``no_ignore`` names label targets that may hold no −1."""
     lines = {}
     stats: Dict[str, list] = {}
     histograms: Dict[str, np.ndarray] = {}
@@ -33,6 +35,10 @@ def summarise_dense(dataset: DenseDataset, expected_count: int) -> Dict[str, str
             value = item[key].numpy()
             path = dataset.path(target, index)
             if target.kind == "label":
+                if key in no_ignore and (value < 0).any():
+                    raise MalformedDatasetError(f"{path!r}: {int((value < 0).sum())} pixels of {key} are −1, but "
+                                                "the root's conventions.json says background 0 with no ignore label "
+                                                "(prepare it again with `python -m data.prepare cityscapes`)")
                 counts = np.bincount(value[value >= 0].ravel(), minlength=target.n_classes)
                 histograms[key] = histograms.get(key, 0) + counts
                 stats.setdefault(key, []).append(((value < 0).mean(),))
@@ -40,17 +46,19 @@ def summarise_dense(dataset: DenseDataset, expected_count: int) -> Dict[str, str
             if target.kind == "image" and (value.min() < 0 or value.max() > 1):
                 raise MalformedDatasetError(f"{path!r}: image values in [{value.min():.3g}, {value.max():.3g}], "
                                             "expected [0, 1]")
-            if target.kind in ("depth", "disparity") and value.min() < 0:
-                raise MalformedDatasetError(f"{path!r}: negative {target.kind} {value.min():.3g} (0 marks invalid)")
+            if target.kind in ("depth", "disparity") and (value[value != target.invalid] < 0).any():
+                raise MalformedDatasetError(f"{path!r}: negative {target.kind} {value.min():.3g} "
+                                            f"({target.invalid:g} marks invalid)")
             if target.kind == "normal":
                 norms = np.linalg.norm(value, axis=0)
                 valid = norms > 0
                 if valid.any() and np.abs(norms[valid] - 1).max() > 1e-2:
                     raise MalformedDatasetError(f"{path!r}: normals of length {norms[valid].min():.3g}.."
                                                 f"{norms[valid].max():.3g}, expected unit vectors (zero = invalid)")
-            valid = value[value != 0] if target.kind != "image" else value
+            invalid = target.invalid if target.kind in ("depth", "disparity") else 0
+            valid = value[value != invalid] if target.kind != "image" else value
             stats.setdefault(key, []).append((valid.min() if valid.size else 0, valid.max() if valid.size else 0,
-                                              (value == 0).mean()))
+                                              (value == invalid).mean()))
     note = "" if dataset.size == expected_count else f" (the release has {expected_count})"
     lines["items"] = f"{dataset.size}{note}, each {tuple(dataset.shape)}"
     for key, rows in stats.items():
@@ -61,7 +69,7 @@ def summarise_dense(dataset: DenseDataset, expected_count: int) -> Dict[str, str
         else:
             low, high = min(r[0] for r in rows), max(r[1] for r in rows)
             invalid = 100 * np.mean([r[2] for r in rows])
-            lines[key] = f"range [{low:.4g}, {high:.4g}]" + ("" if key == "image" else f", zero/invalid {invalid:.1f}%")
+            lines[key] = f"range [{low:.4g}, {high:.4g}]" + ("" if key == "image" else f", invalid {invalid:.1f}%")
     return lines
 
 
@@ -73,9 +81,13 @@ def check(name: str, root: str) -> None:
                 print(f"  {key}: {line}")
     elif name == "cityscapes":
         print(f"layout: {cityscapes.detect_layout(root)} (tasks: {', '.join(cityscapes.tasks_of(root))})")
+        found = cityscapes.conventions(root)
+        print(f"conventions: part_seg void → {found['part_seg_void']}, disparity {found['disparity']} (invalid = "
+              f"{found['disparity_invalid']:g}){'' if found['recorded'] else ' (no conventions.json)'}")
+        no_ignore = ("part_segmentation",) if found["part_seg_void"] == "background" else ()
         for split, expected in cityscapes.SPLITS.items():
             print(f"[{split}]")
-            for key, line in summarise_dense(cityscapes.load_cityscapes(root, split), expected).items():
+            for key, line in summarise_dense(cityscapes.load_cityscapes(root, split), expected, no_ignore).items():
                 print(f"  {key}: {line}")
     else:
         arrays = cifar.read_cifar10(root)

@@ -5,8 +5,21 @@ Reads the standard ``cifar-10-batches-py/`` layout (pickled batches, md5 sums no
 a seeded, class-balanced labelled subset of the train split (``n_labeled``, 5,000 by default; the paper also
 uses 10,000). Every train image, labelled or not, feeds the self-supervised auxiliaries.
 
-A training batch (made on the target device with tensor ops, no per-image Python) holds ``labeled_batch``
-labelled images (128) and ``unlabeled_batch`` images from the whole train split (128, label −1):
+Two input pipelines (``pipeline``):
+
+``"arml"`` (default; ARML's ``SSL/build_dataset.py``, ``SSL/lib/transform.py``, ``SSL/lib/algs/s4l.py``):
+
+- every image is globally contrast-normalised (``gcn``: mean removed, scaled to norm 55) and ZCA-whitened
+  (``fit_zca``: regularisation 0.1) with the whitening fitted on the 50,000 training images (build_dataset.py
+  66–102; labels are not used, the test images only have the fitted map applied);
+- a training batch holds only ``image`` (whitened, not augmented) and ``label`` (−1 for the unlabelled half);
+  the augmentation happens in each training forward pass (``arml_augment``, ARML's ``transform`` applied
+  inside ``WRN.forward``): a horizontal flip of the whole batch with probability ½, a 2-pixel reflect-pad random
+  crop at one offset for the whole batch, Gaussian noise of std 0.15 per element (transform.py 15–23);
+- the auxiliaries' inputs are made by the benchmark from the batch: ``rotate_all``/``rotate_batch``
+  (s4l.py 19–27, 52–67) and ``student_view`` (Exemplar-MT's ``RandomAug``, s4l.py 43–107).
+
+``"legacy"`` (this repository's earlier pipeline, kept for comparison) — a batch holds:
 
 - ``image``: random crop with 4-pixel zero padding and horizontal flip, normalised;
 - ``label``: the class, −1 for the unlabelled half (ignored by the main task);
@@ -17,6 +30,8 @@ labelled images (128) and ``unlabeled_batch`` images from the whole train split 
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import pickle
 from dataclasses import dataclass
@@ -27,12 +42,19 @@ import torch
 
 from .common import DatasetNotFoundError, MalformedDatasetError, meta_val_split
 
+log = logging.getLogger(__name__)
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 N_CLASSES = 10
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
 TASKS = ("classification", "rotation", "exemplar")
+PIPELINES = ("arml", "legacy")
+GCN_SCALE = 55.0  # ARML build_dataset.py gcn(multiplier=55)
+ZCA_REGULARISATION = 0.1  # ARML build_dataset.py get_zca_normalization_param(scale=0.1)
+AUGMENT_NOISE_STD = 0.15  # ARML lib/transform.py
+STUDENT_NOISE_SCALE = 0.03  # ARML s4l.py MyGaussianNoise.scale
+CUTOUT_SCALE = 0.5  # ARML s4l.py MyCutOut.scale: the square's side as a share of the image side (16 of 32)
 HOW_TO_GET = ("CIFAR-10 ('python version', cifar-10-batches-py/) comes from www.cs.toronto.edu/~kriz/cifar.html "
               "or torchvision.datasets.CIFAR10(root, download=True); pass --download to fetch it with torchvision, "
               "or put cifar-10-batches-py/ under --data-root (or set CIFAR10_ROOT).")
@@ -121,6 +143,125 @@ def make_splits(train_labels: np.ndarray, n_labeled: int = 5000, val_size: int =
     return Splits(train=train, val=val, labeled=labeled[kept], meta_val=labeled[held_out])
 
 
+def gcn(images: torch.Tensor, scale: float = GCN_SCALE, eps: float = 1e-10) -> torch.Tensor:
+    """Global contrast normalisation (ARML ``build_dataset.py`` ``gcn``): per image, subtract its mean over
+    all pixels and channels, then scale to Euclidean norm ``scale`` (a norm below ``eps`` is left as 1)."""
+    flat = images.reshape(len(images), -1)
+    flat = flat - flat.mean(dim=1, keepdim=True)
+    norm = flat.norm(dim=1, keepdim=True)
+    norm = torch.where(norm < eps, torch.ones_like(norm), norm)
+    return (scale * flat / norm).reshape(images.shape)
+
+
+def fit_zca(images: torch.Tensor, regularisation: float = ZCA_REGULARISATION, eps: float = 1e-10
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ZCA whitening fitted on ``images`` (N × …), as ARML's ``get_zca_normalization_param``: C = the
+    unbiased covariance of the flattened images (``np.cov``), C + λI = U S Uᵀ, W = U diag(1/√(S + eps)) Uᵀ;
+    returns (mean, W). With λ = 0 the whitened fitted data have identity covariance; with λ > 0 their
+    covariance is U diag(S₀/(S₀ + λ)) Uᵀ (S₀ the eigenvalues of C). The product XᵀX runs in float64 on CUDA
+    and float32 on the CPU (speed), the eigendecomposition always in float64."""
+    flat = images.reshape(len(images), -1)
+    work = torch.float64 if flat.device.type == "cuda" else torch.float32
+    mean = flat.sum(dim=0, dtype=torch.float64) / len(flat)
+    centred = flat.to(work) - mean.to(work)
+    covariance = (centred.T @ centred).to(torch.float64) / (len(flat) - 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance + regularisation * torch.eye(len(covariance),
+                                                                                           dtype=torch.float64,
+                                                                                           device=flat.device))
+    matrix = (eigenvectors * (1.0 / torch.sqrt(eigenvalues.clamp(min=0) + eps))) @ eigenvectors.T
+    return mean, matrix
+
+
+def apply_zca(images: torch.Tensor, mean: torch.Tensor, matrix: torch.Tensor, chunk: int = 5000) -> torch.Tensor:
+    """(x − mean) W per flattened image (ARML ``zca_normalization``), float32 out, in chunks (float64 products
+    on CUDA, float32 on the CPU)."""
+    flat = images.reshape(len(images), -1)
+    work = torch.float64 if flat.device.type == "cuda" else torch.float32  # float32 on the CPU for speed
+    out = torch.empty(flat.shape, dtype=torch.float32, device=flat.device)
+    shift, transform = mean.to(work), matrix.to(work)
+    for start in range(0, len(flat), chunk):
+        out[start:start + chunk] = ((flat[start:start + chunk].to(work) - shift) @ transform).float()
+    return out.reshape(images.shape)
+
+
+_ZCA_MEMORY: Dict[str, tuple] = {}
+
+
+def zca_cache_dir() -> str:
+    return os.environ.get("AUXINASH_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "auxinash"))
+
+
+def cached_zca(images: torch.Tensor, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fit_zca(images)``, remembered in memory and in ``$AUXINASH_CACHE`` (default ``~/.cache/auxinash``)
+    under ``key`` (a hash of the raw training images): the 3072×3072 eigendecomposition takes minutes on a CPU.
+    An unwritable cache folder only costs the refit."""
+    if key not in _ZCA_MEMORY:
+        path = os.path.join(zca_cache_dir(), f"zca-{key}.pt")
+        if os.path.exists(path):
+            stored = torch.load(path, map_location="cpu")
+            _ZCA_MEMORY[key] = (stored["mean"], stored["matrix"])
+        else:
+            log.info("fitting ZCA whitening on %d images (cached afterwards in %s)", len(images), path)
+            mean, matrix = fit_zca(images)
+            _ZCA_MEMORY[key] = (mean.cpu(), matrix.cpu())
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                torch.save({"mean": mean.cpu(), "matrix": matrix.cpu()}, path + ".tmp")
+                os.replace(path + ".tmp", path)
+            except OSError as error:
+                log.warning("could not cache the ZCA whitening in %s: %s", path, error)
+    mean, matrix = _ZCA_MEMORY[key]
+    return mean.to(images.device), matrix.to(images.device)
+
+
+def arml_augment(images: torch.Tensor, generator: torch.Generator, noise_std: float = AUGMENT_NOISE_STD
+                 ) -> torch.Tensor:
+    """ARML's training transform (``lib/transform.py``, applied in ``WRN.forward`` to every training forward
+    pass): flip the whole batch with probability ½; reflect-pad by 2 and crop back at one random offset
+    (top, left ∈ {0..4}) for the whole batch; add N(0, noise_std²) noise per element."""
+    device = images.device
+    draws = torch.rand(1, generator=generator, device=device)
+    offsets = torch.randint(0, 5, (2,), generator=generator, device=device).tolist()
+    if draws.item() > 0.5:
+        images = images.flip(-1)
+    h, w = images.shape[-2:]
+    padded = torch.nn.functional.pad(images, [2, 2, 2, 2], mode="reflect")
+    top, left = offsets
+    images = padded[..., top:top + h, left:left + w]
+    if noise_std:
+        images = images + noise_std * torch.randn(images.shape, generator=generator, device=device)
+    return images
+
+
+def rotate_all(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The four rotations of every image (ARML ``s4l.py`` ``rotate_loss``): [x; rot90(x); rot180(x); rot270(x)]
+    (counter-clockwise, ARML's ``MyRotationTransform``) and the targets [0…0, 1…1, 2…2, 3…3]."""
+    n = len(images)
+    rotated = torch.cat([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)])
+    return rotated, torch.arange(4, device=images.device).repeat_interleave(n)
+
+
+def student_view(images: torch.Tensor, generator: torch.Generator, noise_scale: float = STUDENT_NOISE_SCALE,
+                 cutout_scale: float = CUTOUT_SCALE) -> torch.Tensor:
+    """Exemplar-MT's student view as ARML's ``RandomAug`` (``s4l.py`` 43–107), on the whole batch at once:
+    flip the batch with probability ½; add (ε·noise_scale + mean(x))·(max(x) − min(x))/2, ε ~ N(0, 1) per
+    element and mean/min/max over the whole (flipped) batch (``MyGaussianNoise``); zero one square of side
+    int(side·cutout_scale) (16 on 32×32), rows [cy − 8, cy + 8) × columns [cx − 8, cx + 8) clipped at the
+    border, at one random centre (cy, cx) for the whole batch (``MyCutOut``)."""
+    device = images.device
+    flip = torch.rand(1, generator=generator, device=device).item() < 0.5
+    h, w = images.shape[-2:]
+    cy, cx = torch.randint(0, h, (1,), generator=generator, device=device).item(), \
+        torch.randint(0, w, (1,), generator=generator, device=device).item()
+    x = images.flip(-1) if flip else images
+    low, high, mean = x.min(), x.max(), x.mean()
+    x = x + (torch.randn(x.shape, generator=generator, device=device) * noise_scale + mean) * (high - low) / 2
+    hcut, wcut = int(h * cutout_scale), int(w * cutout_scale)
+    keep = torch.ones(h, w, device=device, dtype=x.dtype)
+    keep[max(cy - hcut // 2, 0):min(cy + hcut // 2, h), max(cx - wcut // 2, 0):min(cx + wcut // 2, w)] = 0
+    return x * keep
+
+
 def rotate_batch(images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     """Rotate image b by angles[b] × 90° (counter-clockwise), batch-wise."""
     out = images.clone()
@@ -181,11 +322,14 @@ class CifarSSL:
 
     def __init__(self, root: str, n_labeled: int = 5000, val_size: int = 5000, meta_val_size: float = 0,
                  tasks: Sequence[str] = TASKS, seed: int = 0, device: torch.device | str = "cpu",
-                 download: bool = False) -> None:
+                 download: bool = False, pipeline: str = "arml") -> None:
         unknown = set(tasks) - set(TASKS)
         if unknown or "classification" not in tasks:
             raise ValueError(f"tasks must include 'classification' and come from {TASKS}, got {list(tasks)}")
+        if pipeline not in PIPELINES:
+            raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
         self.tasks = tuple(tasks)
+        self.pipeline = pipeline
         self.n_labeled = n_labeled
         self.device = torch.device(device)
         arrays = read_cifar10(root, download)
@@ -195,9 +339,24 @@ class CifarSSL:
         self.labels = torch.from_numpy(arrays["train_labels"]).to(self.device)
         self.test_images = to_tensor(arrays["test_images"])
         self.test_labels = torch.from_numpy(arrays["test_labels"]).to(self.device)
+        self.whitened = pipeline != "arml"  # the ARML inputs are made on first use (``whiten``)
+        digest = hashlib.sha1(np.ascontiguousarray(arrays["train_images"]).tobytes())
+        self.zca_key = f"{digest.hexdigest()[:20]}-gcn{GCN_SCALE:g}-reg{ZCA_REGULARISATION:g}"
         self.positions = {name: torch.from_numpy(getattr(self.splits, name)).to(self.device)
                           for name in ("train", "val", "labeled", "meta_val")}
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    def whiten(self) -> None:
+        """ARML inputs: GCN, then ZCA fitted on the 50,000 training images (``build_dataset.py`` 98–102); done
+        once, on first use (a few seconds on a GPU, minutes on a CPU)."""
+        if self.whitened:
+            return
+        train = gcn(self.images.float())
+        mean, matrix = cached_zca(train, self.zca_key)
+        self.images = apply_zca(train, mean, matrix)
+        del train
+        self.test_images = apply_zca(gcn(self.test_images.float()), mean, matrix)
+        self.whitened = True
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         return {"generator": self.generator.get_state()}
@@ -212,6 +371,11 @@ class CifarSSL:
     def make_batch(self, labeled: torch.Tensor, unlabeled: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """The training batch of the given image positions (see the module docstring)."""
         positions = labeled if unlabeled is None else torch.cat([labeled, unlabeled])
+        if self.pipeline == "arml":  # augmented in the forward passes (see the module docstring)
+            self.whiten()
+            labels = self.labels[positions].clone()
+            labels[len(labeled):] = -1
+            return {"image": self.images[positions], "label": labels}
         pixels = crop_flip(self.images[positions].float() / 255.0, self.generator)
         labels = self.labels[positions].clone()
         labels[len(labeled):] = -1
@@ -236,7 +400,8 @@ class CifarSSL:
             yield self.make_batch(self._draw("meta_val", batch_size))
 
     def eval_batches(self, split: str, batch_size: int = 1000) -> Iterator[Dict[str, torch.Tensor]]:
-        """Un-augmented, normalised batches of 'val' (the held-out 5,000) or 'test' (the 10,000)."""
+        """Un-augmented, normalised (or GCN + ZCA-whitened) batches of 'val' (the held-out 5,000) or 'test'."""
+        self.whiten()
         if split == "test":
             images, labels = self.test_images, self.test_labels
         elif split == "val":
@@ -244,5 +409,8 @@ class CifarSSL:
         else:
             raise ValueError(f"split must be 'val' or 'test', got {split!r}")
         for start in range(0, len(labels), batch_size):
+            if self.pipeline == "arml":
+                yield {"image": images[start:start + batch_size], "label": labels[start:start + batch_size]}
+                continue
             pixels = images[start:start + batch_size].float() / 255.0
             yield {"image": normalise(pixels), "label": labels[start:start + batch_size]}

@@ -2,8 +2,11 @@
 
 ``parts`` (the paper's task set, built by ``python -m data.prepare cityscapes``):
 ``ROOT/{train,val}/{image,seg,part_seg,disp}/{i}.npy`` at 128×256: image 128×256×3 float in [0, 1]; seg
-19 train ids, −1 void; part_seg 10 classes (see ``data.prepare``), −1 void; disp 128×256×1 disparity in
-pixels of the stored resolution, 0 invalid. Tasks: ``segmentation``, ``part_segmentation``, ``disparity``.
+19 train ids, −1 void; part_seg 10 classes with background 0 and no ignore label; disp 128×256×1 disparity
+(p − 1)/1024, −1 invalid (both Auto-λ's ``create_dataset.py``; see ``data.prepare``). ``ROOT/conventions.json``
+says which conventions a root holds (``data.prepare.read_conventions``; without it the legacy ones: part_seg
+−1 void, disparity in pixels of the stored image with 0 invalid), and the disparity target carries its invalid
+marker. Tasks: ``segmentation``, ``part_segmentation``, ``disparity``.
 
 ``mtan`` (the MTAN release as is): ``ROOT/{train,val}/{image,label_7,label_19,depth}/{i}.npy``, 2,975 / 500
 at 128×256, −1 ignored, depth = the raw disparity. No part labels: the tasks are ``segmentation`` (7 or 19
@@ -56,6 +59,16 @@ def tasks_of(root: str) -> tuple:
     return tuple(t.name for t in LAYOUTS[detect_layout(root)][1:])
 
 
+def conventions(root: str) -> dict:
+    """The prepared root's conventions (``data.prepare.read_conventions``); the MTAN release's depth is the raw
+    disparity with 0 invalid."""
+    from .prepare import read_conventions  # prepare imports this module
+
+    if detect_layout(root) == "mtan":
+        return {"part_seg_void": None, "disparity": "mtan", "disparity_invalid": 0.0, "recorded": False}
+    return read_conventions(root)
+
+
 def load_cityscapes(root: str, split: str = "train", augment: bool = False, indices: Optional[Sequence[int]] = None,
                mtan_classes: int = 19, seed: int = 0) -> DenseDataset:
     """Cityscapes ``split`` ('train' or 'val' = test) from either layout (logged)."""
@@ -63,6 +76,13 @@ def load_cityscapes(root: str, split: str = "train", augment: bool = False, indi
     if mtan_classes not in (7, 19):
         raise ValueError(f"the MTAN release has 7- or 19-class labels, not {mtan_classes}")
     targets = LAYOUTS[layout]
+    if layout == "parts":
+        found = conventions(root)
+        if not found["recorded"]:
+            log.warning("%s has no conventions.json: assuming the legacy conventions (part_seg −1 void, disparity "
+                        "in pixels of the stored image, 0 invalid); prepare it again for Auto-λ's", root)
+        targets = tuple(Target(t.name, t.folder, t.kind, t.n_classes, found["disparity_invalid"])
+                        if t.kind == "disparity" else t for t in targets)
     if layout == "mtan":
         targets = tuple(Target(t.name, t.folder.format(n=mtan_classes), t.kind, mtan_classes)
                         if t.kind == "label" else t for t in targets)

@@ -1,11 +1,13 @@
 """Dense-prediction datasets stored as ``ROOT/{train,val}/<folder>/{i}.npy`` (NYUv2, Cityscapes).
 
 One item is a dict of channel-first tensors: ``image`` (3×H×W float) and one entry per task: labels H×W
-int64 (−1 = ignored), depth / disparity 1×H×W (0 = invalid), normals 3×H×W (zero = invalid).
+int64 (−1 = ignored), depth 1×H×W (0 = invalid), disparity 1×H×W (invalid = the target's ``invalid`` marker:
+−1 in Auto-λ's convention, 0 in the legacy one), normals 3×H×W (zero = invalid).
 
 Augmentation (as MTAN, Nash-MTL and the official AuxiNash code): a random scale s ∈ {1.0, 1.2, 1.5}, a random
 crop of size (H/s, W/s) resized back to H×W (image and normals bilinear, labels, depth and disparity nearest),
-depth divided by s (the crop looks s times closer) and disparity multiplied by s (disparity ∝ 1/depth); then a
+depth divided by s (the crop looks s times closer) and disparity multiplied by s (disparity ∝ 1/depth; negative
+invalid markers are kept as they are, as Auto-λ's −1 must stay −1); then a
 horizontal flip with probability ½, which also negates the x component of the normals.
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Target:
     folder: str
     kind: str  # "image", "label", "depth", "disparity" or "normal"
     n_classes: int = 0
+    invalid: float = 0.0  # depth / disparity value that marks an invalid pixel
 
     @property
     def channels(self) -> Optional[int]:
@@ -67,7 +70,7 @@ def augment(item: Dict[str, torch.Tensor], kinds: Dict[str, str], rng: random.Ra
         if kind == "depth":
             crop = crop / scale
         elif kind == "disparity":
-            crop = crop * scale
+            crop = torch.where(crop < 0, crop, crop * scale)
         if flip:
             crop = crop.flip(-1)
             if kind == "normal":

@@ -16,17 +16,27 @@ stems are listed in ``ROOT/{split}/files.txt``):
 - seg: the 19 Cityscapes train ids, −1 for void, nearest-neighbour (float32, as the MTAN release stores labels);
 - part_seg: 10 classes decoded from the panoptic-parts ids (our own decoding, no extra dependency):
   an id of ≤ 2 digits is a semantic id, 5 digits sid·1000 + instance, 7 digits sid·10⁵ + instance·100 + part.
-  0 = background (any non-void pixel outside a part-annotated class), 1–4 = human parts (torso, head, arms,
-  legs) of person and rider, 5–9 = vehicle parts (windows, wheels, lights, license plate, chassis) of car,
-  truck and bus; −1 = void or an unlabelled part (part id 0) of those classes;
-- disp: 128×256×1 float32 disparity (p − 1)/256 from the 16-bit value p (p = 0 invalid → 0), nearest-neighbour,
-  divided by the downscaling factor 8 so that it is in pixels of the stored 256-pixel-wide image (as Auto-λ).
+  1–4 = human parts (torso, head, arms, legs) of person (24) and rider (25), 5–9 = vehicle parts (windows,
+  wheels, lights, license plate, chassis) of car (26), truck (27) and bus (28); **every other pixel is
+  background 0**: void pixels, unlabelled parts (part id 0) of those five classes and all other classes. There
+  is no ignore label (Auto-λ ``create_dataset.py``, ``CityScapes.map_part_seg_label``: ``np.zeros_like``,
+  then the classes 1–9 from sid·100 + pid). ``--part-seg-void ignore`` writes the earlier convention instead:
+  −1 for void pixels and unlabelled parts of the five part classes, 0 for the other non-void classes;
+- disp: 128×256×1 float32 disparity, nearest-neighbour, from the 16-bit value p: −1 where p = 0 (invalid),
+  else (p − 1)/(256·4) (Auto-λ ``create_dataset.py``, ``CityScapes.map_disparity``), i.e. in pixels of a
+  512-pixel-wide image (Auto-λ's stored resolution), kept so at our 128×256; p = 1 gives 0.0, a valid value
+  (sky, infinitely far). ``--disparity legacy`` writes the earlier unit instead: (p − 1)/256 divided by the
+  downscaling factor (pixels of the stored 256-pixel-wide image), 0 for invalid.
+
+The two conventions are recorded in ``ROOT/conventions.json``, which the loaders read (a root without it is
+taken to hold the legacy conventions, as written before the file existed).
 
 Writes are atomic and finished items are skipped, so an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -52,6 +62,9 @@ RAW_FOLDERS = {"image": ("leftImg8bit", "_leftImg8bit.png"), "labels": ("gtFine"
                "disparity": ("disparity", "_disparity.png"),
                "parts": ("gtFinePanopticParts", "_gtFinePanopticParts.tif")}
 OUTPUTS = ("image", "seg", "part_seg", "disp")
+CONVENTIONS_FILE = "conventions.json"
+PART_SEG_VOID = ("background", "ignore")  # Auto-λ's (default), the earlier one
+DISPARITY = ("auto-lambda", "legacy")  # (p − 1)/1024 with −1 invalid (default); (p − 1)/256/downscale, 0 invalid
 
 
 def train_ids(label_ids: np.ndarray) -> np.ndarray:
@@ -62,23 +75,59 @@ def train_ids(label_ids: np.ndarray) -> np.ndarray:
     return lookup[label_ids.astype(np.int64)]
 
 
-def part_classes(panoptic_parts: np.ndarray) -> np.ndarray:
-    """Decode panoptic-parts ids into the 10 part classes (see the module docstring)."""
+def part_classes(panoptic_parts: np.ndarray, void: str = "background") -> np.ndarray:
+    """Decode panoptic-parts ids into the 10 part classes (see the module docstring).
+
+    ``void="background"`` (Auto-λ ``map_part_seg_label``): only sid·100 + pid ∈ {2401..2404, 2501..2504} (1–4)
+    and {2601..2605, 2701..2705, 2801..2805} (5–9) are parts, every other pixel is 0. ``void="ignore"``: the
+    earlier convention, −1 for void pixels and unlabelled parts of person/rider/car/truck/bus."""
+    if void not in PART_SEG_VOID:
+        raise ValueError(f"void must be one of {PART_SEG_VOID}, got {void!r}")
     ids = panoptic_parts.astype(np.int64)
     semantic = np.where(ids >= 100000, ids // 100000, np.where(ids >= 1000, ids // 1000, ids))
     part = np.where(ids >= 100000, ids % 100, 0)
-    out = np.where(train_ids(np.clip(semantic, 0, 255)) >= 0, 0, -1)
     human = np.isin(semantic, HUMAN_IDS)
     vehicle = np.isin(semantic, VEHICLE_IDS)
-    out = np.where(human, np.where((part >= 1) & (part <= 4), part, -1), out)
-    out = np.where(vehicle, np.where((part >= 1) & (part <= 5), part + 4, -1), out)
-    return out
+    human_part = human & (part >= 1) & (part <= 4)
+    vehicle_part = vehicle & (part >= 1) & (part <= 5)
+    if void == "background":
+        out = np.zeros_like(ids)
+    else:
+        out = np.where(train_ids(np.clip(semantic, 0, 255)) >= 0, 0, -1)
+        out = np.where(human | vehicle, -1, out)
+    out = np.where(human_part, part, out)
+    return np.where(vehicle_part, part + 4, out)
 
 
-def disparity_from_png(values: np.ndarray, downscale: float) -> np.ndarray:
-    """(p − 1)/256 for p > 0, 0 for p = 0 (invalid), divided by the downscaling factor."""
+def disparity_from_png(values: np.ndarray, downscale: float, unit: str = "auto-lambda") -> np.ndarray:
+    """``unit="auto-lambda"``: −1 for p = 0 (invalid), else (p − 1)/(256·4) (Auto-λ ``map_disparity``;
+    ``downscale`` unused). ``unit="legacy"``: (p − 1)/256 for p > 0, 0 for p = 0, divided by ``downscale``."""
     values = values.astype(np.float64)
-    return np.where(values > 0, (values - 1.0) / 256.0, 0.0) / downscale
+    if unit == "auto-lambda":
+        return np.where(values > 0, (values - 1.0) / (256.0 * 4.0), -1.0)
+    if unit == "legacy":
+        return np.where(values > 0, (values - 1.0) / 256.0, 0.0) / downscale
+    raise ValueError(f"unit must be one of {DISPARITY}, got {unit!r}")
+
+
+def conventions_record(part_seg_void: str, disparity: str) -> dict:
+    """What ``ROOT/conventions.json`` holds: the two choices and the disparity's invalid marker."""
+    return {"part_seg_void": part_seg_void, "disparity": disparity,
+            "disparity_invalid": -1.0 if disparity == "auto-lambda" else 0.0}
+
+
+def read_conventions(root: str) -> dict:
+    """The conventions a prepared root was written with (legacy for roots written before the file existed)."""
+    path = os.path.join(root, CONVENTIONS_FILE)
+    if not os.path.exists(path):
+        return {**conventions_record("ignore", "legacy"), "recorded": False}
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        return {**conventions_record(record["part_seg_void"], record["disparity"]), "recorded": True}
+    except (ValueError, KeyError) as error:
+        raise MalformedDatasetError(f"{path!r} is unreadable ({error}); delete it and prepare the root again "
+                                    f"with `python -m data.prepare cityscapes`") from None
 
 
 def nearest_resize(array: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
@@ -119,9 +168,9 @@ def save_atomic(path: str, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def prepare_item(job: Tuple[str, str, str, str, str, int]) -> None:
+def prepare_item(job: Tuple[str, str, str, str, str, int, str, str]) -> None:
     """Convert one raw item into its four .npy files (skipped when all four exist)."""
-    raw, out, split, city, stem, index = job
+    raw, out, split, city, stem, index, part_seg_void, disparity_unit = job
     targets = [os.path.join(out, split, name, f"{index}.npy") for name in OUTPUTS]
     if all(os.path.exists(t) for t in targets):
         return
@@ -137,14 +186,32 @@ def prepare_item(job: Tuple[str, str, str, str, str, int]) -> None:
                                         f"image is {(full_height, full_width)}: the sizes must match")
     labels, disparity, parts = arrays["labels"], arrays["disparity"], arrays["parts"]
     seg = nearest_resize(train_ids(labels), SHAPE).astype(np.float32)
-    part_seg = nearest_resize(part_classes(parts), SHAPE).astype(np.float32)
-    disp = nearest_resize(disparity_from_png(disparity, full_width / width), SHAPE).astype(np.float32)[..., None]
+    part_seg = nearest_resize(part_classes(parts, part_seg_void), SHAPE).astype(np.float32)
+    disp = nearest_resize(disparity_from_png(disparity, full_width / width, disparity_unit),
+                          SHAPE).astype(np.float32)[..., None]
     for path, array in zip(targets, (image, seg, part_seg, disp)):
         save_atomic(path, array)
 
 
-def prepare_cityscapes(raw: str, out: str, workers: int = 1, splits=("train", "val")) -> None:
-    """Build the 128×256 parts layout under ``out`` from the official downloads under ``raw``."""
+def prepare_cityscapes(raw: str, out: str, workers: int = 1, splits=("train", "val"),
+                       part_seg_void: str = "background", disparity: str = "auto-lambda") -> None:
+    """Build the 128×256 parts layout under ``out`` from the official downloads under ``raw``, with Auto-λ's
+    conventions by default (see the module docstring for ``part_seg_void`` and ``disparity``)."""
+    if part_seg_void not in PART_SEG_VOID or disparity not in DISPARITY:
+        raise ValueError(f"part_seg_void must be one of {PART_SEG_VOID} and disparity one of {DISPARITY}, got "
+                         f"{part_seg_void!r}, {disparity!r}")
+    record = conventions_record(part_seg_void, disparity)
+    existing = os.path.join(out, splits[0], "seg") if splits else out
+    if os.path.isdir(existing) and os.listdir(existing):  # resuming: the root must hold the same conventions
+        found = read_conventions(out)
+        if {k: found[k] for k in record} != record:
+            raise MalformedDatasetError(
+                f"{out!r} was prepared with part_seg_void={found['part_seg_void']!r}, disparity="
+                f"{found['disparity']!r}{'' if found['recorded'] else ' (no conventions.json: the legacy ones)'}; "
+                f"asked for {part_seg_void!r}, {disparity!r}: pass the same flags to resume, or a new --out")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, CONVENTIONS_FILE), "w") as f:
+        json.dump(record, f, indent=1)
     if os.path.exists(os.path.join(raw, "SYNTHETIC")):  # keep the synthetic marker (see data.synthetic)
         os.makedirs(out, exist_ok=True)
         shutil.copy(os.path.join(raw, "SYNTHETIC"), os.path.join(out, "SYNTHETIC"))
@@ -154,7 +221,7 @@ def prepare_cityscapes(raw: str, out: str, workers: int = 1, splits=("train", "v
             os.makedirs(os.path.join(out, split, name), exist_ok=True)
         with open(os.path.join(out, split, "files.txt"), "w") as listing:
             listing.writelines(f"{i} {city}/{stem}\n" for i, (city, stem) in enumerate(stems))
-        jobs = [(raw, out, split, city, stem, i) for i, (city, stem) in enumerate(stems)]
+        jobs = [(raw, out, split, city, stem, i, part_seg_void, disparity) for i, (city, stem) in enumerate(stems)]
         progress = tqdm(total=len(jobs), desc=f"cityscapes {split}", unit="img")
         if workers > 1:
             with ProcessPoolExecutor(workers) as pool:
@@ -176,10 +243,19 @@ def main(argv=None) -> int:
                                                      "gtFinePanopticParts/")
     parser.add_argument("--out", required=True, help="output root (ROOT/{train,val}/...)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    parser.add_argument("--part-seg-void", choices=PART_SEG_VOID, default="background",
+                        help="part_seg outside the 9 part classes: 'background' = 0 everywhere, no ignore label "
+                             "(Auto-λ create_dataset.py map_part_seg_label, the paper's); 'ignore' = −1 for void "
+                             "pixels and unlabelled parts (this repository's earlier convention)")
+    parser.add_argument("--disparity", choices=DISPARITY, default="auto-lambda",
+                        help="disparity unit: 'auto-lambda' = (p − 1)/1024, −1 invalid (Auto-λ create_dataset.py "
+                             "map_disparity: pixels of a 512-wide image, the unit of the paper's disparity "
+                             "errors); 'legacy' = (p − 1)/256/8 (pixels of the stored 256-wide image), 0 invalid")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        prepare_cityscapes(args.raw, args.out, args.workers)
+        prepare_cityscapes(args.raw, args.out, args.workers, part_seg_void=args.part_seg_void,
+                           disparity=args.disparity)
     except (DatasetNotFoundError, MalformedDatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ intensity bands, depth from a gradient, normals from the depth), so that a quick
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 from typing import Tuple
@@ -17,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from . import cityscapes, nyuv2
-from .prepare import LABEL_TO_TRAIN_ID
+from .prepare import CONVENTIONS_FILE, LABEL_TO_TRAIN_ID, conventions_record
 
 
 def _scene(rng: np.random.Generator, shape: Tuple[int, int]) -> np.ndarray:
@@ -89,10 +90,19 @@ def write_nyuv2(root: str, n_train: int = 4, n_test: int = 3, shape: Tuple[int, 
 
 def write_cityscapes(root: str, n_train: int = 4, n_test: int = 3, shape: Tuple[int, int] = cityscapes.SHAPE,
                      seed: int = 0) -> str:
-    """The prepared parts layout: image, seg (19, −1), part_seg (10, −1), disp H×W×1 (0 invalid)."""
-    return _write_items(root, n_train, n_test, shape, seed, lambda image, rng: {
-        "seg": _labels(image, 19, rng), "part_seg": _labels(image[..., ::-1].copy(), cityscapes.PART_CLASSES, rng),
-        "disp": 10.0 * _depth(image, rng) / 6.0})
+    """The prepared parts layout with Auto-λ's conventions (``conventions.json``): image, seg (19, −1),
+    part_seg (10 classes, background 0, no ignore label), disp H×W×1 (−1 invalid, 0.0 valid: sky)."""
+    def item(image, rng):
+        disp = 10.0 * _depth(image, rng) / 6.0
+        disp[disp == 0] = -1.0  # invalid
+        disp[rng.uniform(size=disp.shape) < 0.02] = 0.0  # infinitely far: valid
+        return {"seg": _labels(image, 19, rng),
+                "part_seg": _labels(image[..., ::-1].copy(), cityscapes.PART_CLASSES, rng, void_fraction=0.0),
+                "disp": disp}
+    _write_items(root, n_train, n_test, shape, seed, item)
+    with open(os.path.join(root, CONVENTIONS_FILE), "w") as f:
+        json.dump(conventions_record("background", "auto-lambda"), f)
+    return root
 
 
 def write_cityscapes_mtan(root: str, n_train: int = 4, n_test: int = 3, shape: Tuple[int, int] = cityscapes.SHAPE,

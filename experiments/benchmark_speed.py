@@ -104,7 +104,7 @@ class Workload:
                 losses = [self.tasks[0].loss(self.model.heads["classification"](f_image), batch["label"]),
                           self.tasks[1].loss(self.model.heads["rotation"](f_rotated), batch["rotation"]),
                           1 - torch.nn.functional.cosine_similarity(
-                              self.model.heads["exemplar"](f_view).float(), teacher, dim=1).mean()]
+                              self.model.student_exemplar_features(f_view).float(), teacher, dim=1).mean()]
         return torch.stack([loss.float() for loss in losses])
 
     def equal_step(self) -> None:

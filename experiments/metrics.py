@@ -2,7 +2,9 @@
 
 - Segmentation: one confusion matrix over every test pixel (−1 ignored): mIoU (mean over classes present in
   the labels or the predictions) and pixel accuracy.
-- Depth / disparity: absolute and relative error pooled over all valid pixels (target ≠ 0).
+- Depth / disparity: absolute error pooled over all valid pixels (target ≠ the invalid marker: 0, or −1 for
+  Auto-λ's Cityscapes disparity, where 0 is a valid, infinitely far pixel), relative error over the valid pixels
+  with a non-zero target.
 - Surface normals: angles between prediction and target over all valid pixels (target ≠ 0): mean, median
   and % within 11.25°, 22.5°, 30°. The median is exact to 0.001° (a histogram of 180,000 bins), not a mean
   of per-batch medians as in the official code.
@@ -45,20 +47,22 @@ class ConfusionMatrix:
 
 
 class DepthError:
-    def __init__(self) -> None:
+    def __init__(self, invalid: float = 0.0) -> None:
+        self.invalid = invalid
         self.totals = None
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
-        valid = target != 0
-        difference = (prediction - target).abs()[valid].double()
-        totals = torch.stack([difference.sum(), (difference / target[valid].abs().double()).sum(),
-                              valid.sum().double()])
+        valid = target != self.invalid
+        nonzero = valid & (target != 0)
+        difference = (prediction - target).abs().double()
+        totals = torch.stack([difference[valid].sum(), (difference[nonzero] / target[nonzero].abs().double()).sum(),
+                              valid.sum().double(), nonzero.sum().double()])
         self.totals = totals if self.totals is None else self.totals + totals
 
     def result(self) -> Dict[str, float]:
-        absolute, relative, count = self.totals.tolist()
+        absolute, relative, count, nonzero = self.totals.tolist()
         return {"abs_err": absolute / count if count else float("nan"),
-                "rel_err": relative / count if count else float("nan")}
+                "rel_err": relative / nonzero if nonzero else float("nan")}
 
 
 class NormalError:

@@ -1,5 +1,6 @@
-"""Models: the split SegNet of MTAN / Nash-MTL / the official AuxiNash code, a WRN-28-2 with
-classification, rotation and Exemplar-MT heads, and the linear model of the illustrative example.
+"""Models: the split SegNet of MTAN / Nash-MTL / the official AuxiNash code, ARML's WRN-28-2 with
+classification and rotation heads and an EMA teacher for Exemplar-MT, and the linear model of the illustrative
+example.
 
 Every model returns a dict of raw head outputs and says which parameters are shared and which belong to
 one task (``shared_parameters`` / ``task_specific_parameters``). ``width`` scales every channel count, so
@@ -7,6 +8,7 @@ tests and quick runs use tiny versions of the very same architectures.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Dict, List, Mapping
 
@@ -85,7 +87,8 @@ class SegNet(MultiTaskModel):
 
 
 class BasicBlock(nn.Module):
-    """Pre-activation wide residual block (Zagoruyko & Komodakis, 2016)."""
+    """Pre-activation wide residual block (Zagoruyko & Komodakis, 2016) with ReLU, the shortcut taking the
+    activated input: this repository's earlier WRN (``block="legacy"``)."""
 
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
@@ -102,21 +105,62 @@ class BasicBlock(nn.Module):
         return skip + self.conv2(torch.relu(self.bn2(out)))
 
 
-class WideResNet(nn.Module):
-    """WRN-depth-widen feature extractor (WRN-28-2 by default): 64·widen-dimensional features."""
+class ArmlBlock(nn.Module):
+    """ARML's residual unit (``SSL/lib/wrn.py`` ``residual``), LeakyReLU(0.1):
 
-    def __init__(self, depth: int = 28, widen: int = 2, width: float = 1.0) -> None:
+    - ``activate_before_residual`` (the first block of the first group): a = act(BN(x)); out = shortcut(a) +
+      conv(act(BN(conv_s(a))));
+    - otherwise: out = shortcut(x) + conv(act(BN(conv_s(act(BN(x)))))), the shortcut taking the *raw* input x,
+      also on the downsampling blocks (a 1×1 convolution of stride s when the stride or the width changes,
+      else the identity).
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, activate_before_residual: bool = False,
+                 slope: float = 0.1) -> None:
+        super().__init__()
+        self.activate_before_residual = activate_before_residual
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.act = nn.LeakyReLU(slope)
+        self.shortcut = (nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride >= 2 or c_in != c_out
+                         else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activate_before_residual:
+            x = self.act(self.bn1(x))
+            out = self.conv1(x)
+        else:
+            out = self.conv1(self.act(self.bn1(x)))
+        return self.shortcut(x) + self.conv2(self.act(self.bn2(out)))
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-widen feature extractor (WRN-28-2 by default): 64·widen-dimensional pooled features.
+
+    ``block="arml"`` (default): ARML's ``SSL/lib/wrn.py`` (LeakyReLU(0.1), ``ArmlBlock``: the first block
+    activates before the residual, the other blocks' shortcuts take the raw input; final BN, LeakyReLU(0.1),
+    average pool). ``block="legacy"``: the earlier ReLU ``BasicBlock``. Convolutions: Kaiming-normal (fan_out).
+    """
+
+    def __init__(self, depth: int = 28, widen: int = 2, width: float = 1.0, block: str = "arml") -> None:
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
+        if block not in ("arml", "legacy"):
+            raise ValueError(f"block must be 'arml' or 'legacy', got {block!r}")
         blocks = (depth - 4) // 6
         channels = [scaled(16, width)] + [scaled(c * widen, width) for c in (16, 32, 64)]
         layers: List[nn.Module] = [nn.Conv2d(3, channels[0], 3, 1, 1, bias=False)]
         for group in range(3):
             for b in range(blocks):
-                layers.append(BasicBlock(channels[group] if b == 0 else channels[group + 1], channels[group + 1],
-                                         (1 if group == 0 else 2) if b == 0 else 1))
-        layers += [nn.BatchNorm2d(channels[-1]), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+                c_in, stride = (channels[group] if b == 0 else channels[group + 1]), ((1 if group == 0 else 2)
+                                                                                      if b == 0 else 1)
+                layers.append(ArmlBlock(c_in, channels[group + 1], stride, activate_before_residual=group == 0 and b == 0)
+                              if block == "arml" else BasicBlock(c_in, channels[group + 1], stride))
+        activation = nn.LeakyReLU(0.1) if block == "arml" else nn.ReLU(inplace=True)
+        layers += [nn.BatchNorm2d(channels[-1]), activation, nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
         self.out_features = channels[-1]
         for module in self.modules():
@@ -127,43 +171,90 @@ class WideResNet(nn.Module):
         return self.features(x)
 
 
-class CifarSSLNet(MultiTaskModel):
-    """WRN-28-2 trunk with a 10-way classification head, a 4-way rotation head and an Exemplar-MT projection.
+@contextlib.contextmanager
+def batch_stats_frozen(module: nn.Module):
+    """Inside: every BatchNorm of ``module`` still normalises with the batch's statistics but leaves its running
+    statistics (and batch counter) untouched: ARML's ``update_batch_stats(False)`` (``SSL/lib/wrn.py``
+    ``BatchNorm2d.forward``: ``batch_norm(x, None, None, weight, bias, True, …)``)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
 
-    ``teacher`` is an exponential moving average (decay 0.95) of the trunk and projection, updated by
-    ``after_step``; it gives the Exemplar-MT targets and is never trained by gradients.
+
+class CifarSSLNet(MultiTaskModel):
+    """WRN-28-2 trunk with a 10-way classification head and a 4-way rotation head (ARML ``SSL/lib/wrn.py``:
+    ``output`` and ``rotate_output``, Xavier-normal weights, zero biases).
+
+    Exemplar-MT compares the raw pooled trunk features of the student and of ``teacher``, an exponential moving
+    average of the trunk updated by ``after_step`` with decay min(1 − 1/(t + 1), 0.95) at step t = 1, 2, …
+    (ARML ``s4l.py`` ``Exemplar_MT.moving_average``, ``config.py`` ``ema_factor`` 0.95); the teacher is never
+    trained by gradients and Exemplar-MT has no task-specific parameters.
+
+    ``pipeline="legacy"``: the earlier network instead: ReLU ``BasicBlock`` trunk, a Linear(d→d) Exemplar-MT
+    projection head (the teacher holds an EMA copy of it) and a constant decay 0.95.
     """
 
     def __init__(self, n_classes: int = 10, width: float = 1.0, ema_decay: float = 0.95, depth: int = 28,
-                 widen: int = 2) -> None:
+                 widen: int = 2, pipeline: str = "arml") -> None:
         super().__init__()
-        self.trunk = WideResNet(depth, widen, width)
+        if pipeline not in ("arml", "legacy"):
+            raise ValueError(f"pipeline must be 'arml' or 'legacy', got {pipeline!r}")
+        self.pipeline = pipeline
+        self.trunk = WideResNet(depth, widen, width, block=pipeline)
         dim = self.trunk.out_features
-        self.heads = nn.ModuleDict({"classification": nn.Linear(dim, n_classes), "rotation": nn.Linear(dim, 4),
-                                    "exemplar": nn.Linear(dim, dim)})
+        self.heads = nn.ModuleDict({"classification": nn.Linear(dim, n_classes), "rotation": nn.Linear(dim, 4)})
+        if pipeline == "legacy":
+            self.heads["exemplar"] = nn.Linear(dim, dim)
+        else:
+            for head in self.heads.values():
+                nn.init.xavier_normal_(head.weight)
+                nn.init.zeros_(head.bias)
         self.ema_decay = ema_decay
-        self.teacher = nn.ModuleDict({"trunk": copy.deepcopy(self.trunk),
-                                      "projection": copy.deepcopy(self.heads["exemplar"])})
+        self.teacher = nn.ModuleDict({"trunk": copy.deepcopy(self.trunk)})
+        if pipeline == "legacy":
+            self.teacher["projection"] = copy.deepcopy(self.heads["exemplar"])
         self.teacher.requires_grad_(False)
+        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
 
     def shared_parameters(self) -> List[nn.Parameter]:
         return list(self.trunk.parameters())
+
+    def student_exemplar_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The student's Exemplar-MT features from trunk features (the legacy projection where there is one)."""
+        return self.heads["exemplar"](features) if "exemplar" in self.heads else features
 
     @torch.no_grad()
     def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
         was_training = self.teacher.training
         self.teacher.train(self.training)
-        out = self.teacher["projection"](self.teacher["trunk"](x))
+        out = self.teacher["trunk"](x)
+        if "projection" in self.teacher:
+            out = self.teacher["projection"](out)
         self.teacher.train(was_training)
         return out
 
+    def current_decay(self) -> float:
+        """The EMA decay of the next update: min(1 − 1/(t + 1), 0.95) at step t (constant in the legacy net)."""
+        t = int(self.ema_steps) + 1
+        return self.ema_decay if self.pipeline == "legacy" else min(1 - 1 / (t + 1), self.ema_decay)
+
     @torch.no_grad()
     def after_step(self) -> None:
-        """EMA update of the teacher from the student trunk and projection."""
-        student = list(self.trunk.parameters()) + list(self.heads["exemplar"].parameters())
-        teacher = list(self.teacher["trunk"].parameters()) + list(self.teacher["projection"].parameters())
+        """EMA update of the teacher from the student trunk (and the legacy projection)."""
+        decay = self.current_decay()
+        self.ema_steps += 1
+        student = list(self.trunk.parameters())
+        teacher = list(self.teacher["trunk"].parameters())
+        if "projection" in self.teacher:
+            student += list(self.heads["exemplar"].parameters())
+            teacher += list(self.teacher["projection"].parameters())
         for s, t in zip(student, teacher):
-            t.mul_(self.ema_decay).add_(s.detach(), alpha=1 - self.ema_decay)
+            t.mul_(decay).add_(s.detach(), alpha=1 - decay)
         for s, t in zip(self.trunk.buffers(), self.teacher["trunk"].buffers()):
             t.copy_(s)
 

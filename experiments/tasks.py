@@ -1,8 +1,12 @@
 """Task definitions: for each prediction task its loss (MTAN lineage, as Nash-MTL and the official AuxiNash
 code) and its metrics, together.
 
-- segmentation: cross-entropy (NLL of log-softmax), −1 ignored; metrics mIoU and pixel accuracy;
-- depth / disparity: L1 over valid pixels (target ≠ 0); metrics absolute and relative error;
+- segmentation: cross-entropy (NLL of log-softmax), −1 ignored; metrics mIoU and pixel accuracy (Cityscapes
+  part_seg has no −1 labels: its 10 classes include background 0, as Auto-λ's ``utils.compute_loss`` /
+  ``ConfMatrix``);
+- depth / disparity: L1 over valid pixels (target ≠ the task's ``invalid`` marker: 0 for depth, −1 for
+  Auto-λ's Cityscapes disparity, as ``utils.compute_loss``); metrics absolute and relative error (the relative
+  error over valid pixels with a non-zero target);
 - normal: 1 − mean cosine over valid pixels (target ≠ 0), predictions L2-normalised per pixel; metrics the
   angle's mean, median and % within 11.25°, 22.5°, 30°;
 - classification: cross-entropy, −1 ignored; metric accuracy;
@@ -41,6 +45,7 @@ class Task:
     kind: str
     n_classes: int = 0
     table_metrics: Tuple[str, ...] = ()
+    invalid: float = 0.0  # depth / disparity: the target value that marks an invalid pixel
 
     @property
     def channels(self) -> int:
@@ -57,7 +62,7 @@ class Task:
         if self.kind in ("segmentation", "classification"):
             return F.cross_entropy(prediction, target, ignore_index=-1)
         if self.kind in ("depth", "disparity"):
-            valid = (target != 0).float()
+            valid = (target != self.invalid).float()
             return ((prediction - target).abs() * valid).sum() / valid.sum().clamp(min=1)
         if self.kind == "regression":
             return F.mse_loss(prediction, target)
@@ -74,4 +79,4 @@ class Task:
             return Accuracy()
         if self.kind == "regression":
             return MeanSquaredError()
-        return NormalError() if self.kind == "normal" else DepthError()
+        return NormalError() if self.kind == "normal" else DepthError(self.invalid)

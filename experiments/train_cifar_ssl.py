@@ -6,6 +6,13 @@ labelled images, auxiliaries Rotation and Exemplar-MT on every training image: t
 Defaults are the paper's: Adam 5e-3, batches of 128 labelled + 128 unlabelled images, 50K iterations,
 validation and test accuracy every 1,000 iterations; the table reports the test accuracy at the best
 validation accuracy (early stopping).
+
+Input pipeline and auxiliaries as ARML's SSL code (``--cifar-pipeline arml``, the default): GCN + ZCA inputs,
+flip / 2-pixel reflect crop / noise 0.15 in every training forward pass, Exemplar-MT on raw pooled features with
+ARML's student view and an EMA teacher whose decay warms up as min(1 − 1/(t+1), 0.95), ARML's WRN-28-2
+(LeakyReLU 0.1); see ``data/cifar.py`` and ``experiments/benchmarks/cifar_ssl.py``. ``--cifar-pipeline legacy``
+runs this repository's earlier pipeline (per-channel mean/std, 4-pixel zero-pad crop, one shared trunk pass, a
+projection head, constant EMA decay, ReLU WRN). STL forwards the labelled images only.
 """
 from __future__ import annotations
 
@@ -15,18 +22,26 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data import CifarSSL  # noqa: E402
-from data.cifar import TASKS  # noqa: E402
+from data.cifar import PIPELINES, TASKS  # noqa: E402
 from experiments.benchmarks import CifarSSLBenchmark  # noqa: E402
+from experiments.benchmarks.cifar_ssl import ROTATIONS  # noqa: E402
 from experiments.cli import base_parser, run  # noqa: E402
+from methods import METHODS, canonical_name  # noqa: E402
 
 
 def build(args) -> CifarSSLBenchmark:
+    if args.representation and args.cifar_pipeline == "arml":
+        raise SystemExit("error: --representation needs one shared representation of all tasks, but the ARML "
+                         "pipeline runs a separate trunk pass per task; use --cifar-pipeline legacy with it")
     data = CifarSSL(args.data_root, n_labeled=args.n_labeled, val_size=args.val_size,
                     meta_val_size=args.meta_val_size, tasks=args.tasks, seed=args.seed, device=args.device,
-                    download=args.download)
+                    download=args.download, pipeline=args.cifar_pipeline)
+    # methods that never use the auxiliary losses (STL) declare it; the benchmark then skips their passes
+    auxiliary_forward = getattr(METHODS[canonical_name(args.method)], "needs_auxiliary_losses", True)
     return CifarSSLBenchmark(data, iterations=args.iterations, eval_every=args.eval_every,
                              labeled_batch=args.labeled_batch, unlabeled_batch=args.unlabeled_batch,
-                             device=args.device, seed=args.seed, width=args.width, data_root=args.data_root)
+                             device=args.device, seed=args.seed, width=args.width, data_root=args.data_root,
+                             rotation=args.rotation, auxiliary_forward=auxiliary_forward)
 
 
 def main(argv=None) -> str:
@@ -43,6 +58,14 @@ def main(argv=None) -> str:
     group.add_argument("--eval-every", type=int, default=1000, help="iterations between evaluations")
     group.add_argument("--labeled-batch", type=int, default=128)
     group.add_argument("--unlabeled-batch", type=int, default=128)
+    group.add_argument("--cifar-pipeline", choices=PIPELINES, default="arml",
+                       help="'arml': ARML's SSL code (build_dataset.py GCN + ZCA, transform.py flip / reflect crop / "
+                            "noise in each forward pass, s4l.py Exemplar-MT and EMA warm-up, wrn.py LeakyReLU WRN); "
+                            "'legacy': this repository's earlier pipeline (mean/std normalisation, zero-pad crop, one "
+                            "shared pass, projection head, ReLU WRN)")
+    group.add_argument("--rotation", choices=ROTATIONS, default="random",
+                       help="'random': each image rotated by one random angle of {0, 90, 180, 270} degrees (the "
+                            "paper's text); 'all4': all four rotations of every image (ARML s4l.py rotate_loss)")
     return run(parser, build, lambda args: None, argv)
 
 

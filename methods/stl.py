@@ -7,7 +7,14 @@ from .base import FixedWeightMethod
 
 
 class STL(FixedWeightMethod):
-    """L_main: the auxiliary losses are computed (for logging) but get weight 0."""
+    """L_main: the auxiliary losses get weight 0.
+
+    ``needs_auxiliary_losses = False`` tells a benchmark that it may skip the auxiliaries' forward passes (the
+    CIFAR benchmark then forwards the labelled images only, so that its BatchNorm statistics are those of a
+    supervised baseline, as ARML's ``--alg supervised``); the skipped losses are reported as 0.
+    """
+
+    needs_auxiliary_losses = False
 
     def task_weights(self) -> torch.Tensor:
         weights = torch.zeros(self.n_tasks, device=self.device)

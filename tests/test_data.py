@@ -95,12 +95,14 @@ def test_prepare_cityscapes_hand_set_pixels(tmp_path):
     parts = np.array(Image.open(paths["parts"])).astype(np.int32)
     # output pixel (r, c) samples the raw pixel (8r + 4, 8c + 4)
     cases = {  # (r, c): (label id, panoptic-parts id, 16-bit disparity) -> (train id, part class, disparity)
-        (0, 0): ((26, 26 * 100000 + 3 * 100 + 2, 2561), (13, 6, 10.0 / 8)),  # car wheel
-        (5, 7): ((24, 24 * 100000 + 1 * 100 + 4, 0), (11, 4, 0.0)),  # person legs, invalid disparity
-        (9, 9): ((23, 23, 257), (10, 0, 1.0 / 8)),  # sky: background part class
-        (10, 3): ((0, 0, 1), (-1, -1, 0.0)),  # unlabeled: void everywhere
-        (20, 30): ((27, 27003, 513), (14, -1, 2.0 / 8)),  # truck without part labels: part void
-        (127, 255): ((25, 25 * 100000 + 2 * 100 + 0, 5121), (12, -1, 20.0 / 8)),  # rider, unlabelled part
+        # Auto-λ's conventions (the default): part_seg background 0 everywhere outside the 9 parts, no ignore;
+        # disparity (p - 1) / 1024, -1 invalid
+        (0, 0): ((26, 26 * 100000 + 3 * 100 + 2, 2561), (13, 6, 2560 / 1024)),  # car wheel
+        (5, 7): ((24, 24 * 100000 + 1 * 100 + 4, 0), (11, 4, -1.0)),  # person legs, invalid disparity
+        (9, 9): ((23, 23, 257), (10, 0, 256 / 1024)),  # sky: background part class
+        (10, 3): ((0, 0, 1), (-1, 0, 0.0)),  # unlabeled: void segmentation, background part, disparity 0 (valid)
+        (20, 30): ((27, 27003, 513), (14, 0, 0.5)),  # truck without part labels: background
+        (127, 255): ((25, 25 * 100000 + 2 * 100 + 0, 5121), (12, 0, 5.0)),  # rider, unlabelled part: background
     }
     for (r, c), ((label_id, part_id, disp), _) in cases.items():
         labels[8 * r + 4, 8 * c + 4] = label_id
@@ -120,7 +122,7 @@ def test_prepare_cityscapes_hand_set_pixels(tmp_path):
     for (r, c), (_, (train_id, part_class, disparity_value)) in cases.items():
         assert seg[r, c] == train_id and part[r, c] == part_class
         assert disp[r, c, 0] == pytest.approx(disparity_value)
-    assert set(np.unique(seg)) <= set(range(-1, 19)) and set(np.unique(part)) <= set(range(-1, 10))
+    assert set(np.unique(seg)) <= set(range(-1, 19)) and set(np.unique(part)) <= set(range(0, 10))
     assert load_cityscapes(out, "train")[0]["part_segmentation"][0, 0] == 6
     # resume: finished items are kept, a missing one is rebuilt
     stamp = os.path.getmtime(os.path.join(out, "train", "seg", "0.npy"))
@@ -221,13 +223,13 @@ def test_cifar_splits(roots):
 
 
 def test_cifar_batches(roots):
-    data = CifarSSL(roots["cifar10"], n_labeled=100, val_size=100, seed=0)
+    data = CifarSSL(roots["cifar10"], n_labeled=100, val_size=100, seed=0, pipeline="legacy")
     batch = next(data.train_batches(labeled_batch=8, unlabeled_batch=8))
     assert batch["image"].shape == (16, 3, 32, 32) and (batch["label"][8:] == -1).all()
     assert (batch["label"][:8] >= 0).all() and set(batch["rotation"].tolist()) <= {0, 1, 2, 3}
     assert batch["view"].shape == batch["image"].shape
     # same seed, same stream; a restored generator state continues the stream
-    other = CifarSSL(roots["cifar10"], n_labeled=100, val_size=100, seed=0)
+    other = CifarSSL(roots["cifar10"], n_labeled=100, val_size=100, seed=0, pipeline="legacy")
     torch.testing.assert_close(next(other.train_batches(8, 8))["image"], batch["image"])
     state = other.state_dict()
     expected = next(other.train_batches(8, 8))["view"]

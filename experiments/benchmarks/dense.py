@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import default_collate
 
 from data import load_cityscapes, load_nyuv2, make_loader, meta_val_split, set_epoch
-from data.cityscapes import detect_layout
+from data.cityscapes import conventions, detect_layout
 
 from ..models import MultiTaskModel, SegNet
 from ..tasks import Task
@@ -110,10 +110,10 @@ NYUV2_TASKS = (
     Task("depth", "depth", "depth"),
     Task("normal", "normal", "normal"),
 )
-CITYSCAPES_TASKS = (
+CITYSCAPES_TASKS = (  # Auto-λ's (utils.py create_task_flags / compute_loss): part_seg 10 classes incl. background
     Task("seg", "segmentation", "segmentation", 19),
     Task("part_seg", "part_segmentation", "segmentation", 10),
-    Task("disp", "disparity", "disparity", table_metrics=("abs_err",)),
+    Task("disp", "disparity", "disparity", table_metrics=("abs_err",), invalid=-1.0),
 )
 
 
@@ -123,8 +123,11 @@ def nyuv2_benchmark(data_root: str, **kwargs) -> DenseBenchmark:
 
 def cityscapes_benchmark(data_root: str, mtan_classes: int = 19, **kwargs) -> DenseBenchmark:
     """The paper's task set from the prepared layout; segmentation + depth from the MTAN release."""
-    if detect_layout(data_root) == "parts":
-        return DenseBenchmark("cityscapes", CITYSCAPES_TASKS, load_cityscapes, data_root, **kwargs)
+    if detect_layout(data_root) == "parts":  # the disparity's invalid marker as the root was prepared
+        invalid = conventions(data_root)["disparity_invalid"]
+        tasks = tuple(Task(t.name, t.key, t.kind, t.n_classes, t.table_metrics, invalid) if t.kind == "disparity"
+                      else t for t in CITYSCAPES_TASKS)
+        return DenseBenchmark("cityscapes", tasks, load_cityscapes, data_root, **kwargs)
     tasks = (Task("seg", "segmentation", "segmentation", mtan_classes), Task("depth", "depth", "depth"))
 
     def make_dataset(root, split, **options):
