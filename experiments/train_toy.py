@@ -13,7 +13,8 @@ W starts at (0, 0). Runs on a CPU, a few seconds per run.
 Writes, under --out: the runs (toy/<method>/main-*/seed<k>/metrics.csv), figures/toy.png (left: AuxiNash's
 bargaining powers over training, every seed; right: the main-task training loss of the first seed with W*, the
 harmful optimum, the training-set least-squares optimum ■ and the trajectories of STL, Equal and AuxiNash),
-tables/toy_runs.csv (one row per method and seed), tables/toy.csv and tables/toy.md (mean ± std over seeds of
+tables/toy_runs.csv (one row per method and seed), tables/toy_curves.csv (W and p after every evaluation of
+every run), tables/toy.csv and tables/toy.md (mean ± std over seeds of
 ‖W − W*‖, the main-task test MSE on 10,000 fresh samples, whose noise alone gives 25, and the final p).
 """
 from __future__ import annotations
@@ -48,7 +49,7 @@ PATH_STYLE = {"stl": ("white", "-"), "equal": ("tab:gray", "--"), "auxinash": ("
 Runs = Dict[Tuple[str, int], pd.DataFrame]
 
 
-def run_tag(epochs: int, harmful_noise: float, meta_val_size: int) -> str:
+def run_tag(epochs: int, harmful_noise: float, meta_val_size: int, skip_unsolvable: bool = False) -> str:
     """Results-folder suffix naming the settings that differ from the defaults ('' for the defaults)."""
     parts = []
     if epochs != DEFAULT_EPOCHS:
@@ -57,6 +58,8 @@ def run_tag(epochs: int, harmful_noise: float, meta_val_size: int) -> str:
         parts.append(f"harm{harmful_noise:g}")
     if meta_val_size != DEFAULT_META_VAL_SIZE:
         parts.append(f"val{meta_val_size}")
+    if skip_unsolvable:
+        parts.append("skip")
     return "-".join(parts)
 
 
@@ -84,6 +87,21 @@ def final_rows(runs: Runs) -> pd.DataFrame:
             row[column] = train_rows[column].iloc[-1] if column in train_rows else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def curves(runs: Runs) -> pd.DataFrame:
+    """W and (AuxiNash) p after every evaluation of every run: enough to draw the figure again."""
+    frames = []
+    for (method, seed), run in runs.items():
+        test, train_rows = run[run.split == "test"], run[run.split == "train"]
+        frame = pd.DataFrame({"method": method, "seed": seed, "step": test["step"].to_numpy(),
+                              "w1": test["w1"].to_numpy(), "w2": test["w2"].to_numpy(),
+                              "main_test_mse": test["main_mse"].to_numpy()})
+        for task in COLOURS:
+            if f"p_{task}" in train_rows:
+                frame[f"p_{task}"] = train_rows[f"p_{task}"].to_numpy()
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
 def summarise(per_run: pd.DataFrame) -> pd.DataFrame:
@@ -190,6 +208,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--meta-val-size", type=int, default=DEFAULT_META_VAL_SIZE,
                         help="held-out samples that p (AuxiNash) and the other meta-updates are learned on (ours: "
                              "1000); 0 draws the meta-validation batches from the training set")
+    parser.add_argument("--skip-unsolvable", action="store_true",
+                        help="AuxiNash: skip the p update on steps whose bargaining problem has no exact solution "
+                             "(ours, off by default; see methods/auxinash.py)")
     parser.add_argument("--meta-every", type=int, default=25, help="steps between meta-updates (paper: 25)")
     parser.add_argument("--out", default="results", help="results root")
     parser.add_argument("--force", action="store_true", help="train again even where a run finished")
@@ -212,14 +233,16 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
-    tag = run_tag(args.epochs, args.harmful_noise, args.meta_val_size)
+    tag = run_tag(args.epochs, args.harmful_noise, args.meta_val_size, args.skip_unsolvable)
     flags = {k: v for k, v in vars(args).items() if k not in ("seeds", "seed")}
     runs: Runs = {}
     for seed in args.seeds:
         for method in args.methods:
             benchmark = make_benchmark(seed, args)
             config = TrainConfig(method=method, main_task="main", seed=seed, lr=1e-2, meta_every=args.meta_every,
-                                 out=args.out, tag=tag, resume=True, force=args.force, flags=flags)
+                                 out=args.out, tag=tag, resume=True, force=args.force, flags=flags,
+                                 method_kwargs={"skip_unsolvable": True} if args.skip_unsolvable and
+                                 method == "auxinash" else {})
             run_dir = train(benchmark, config)
             runs[(method, seed)] = pd.read_csv(os.path.join(run_dir, "metrics.csv"))
     per_run = final_rows(runs)
@@ -231,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     os.makedirs(tables, exist_ok=True)
     atomic_write(os.path.join(tables, f"toy{suffix}_runs.csv"), lambda tmp: per_run.to_csv(tmp, index=False))
     atomic_write(os.path.join(tables, f"toy{suffix}.csv"), lambda tmp: summary.to_csv(tmp, index=False))
+    atomic_write(os.path.join(tables, f"toy{suffix}_curves.csv"),
+                 lambda tmp: curves(runs).to_csv(tmp, index=False, float_format="%.6g"))
     header = (f"Illustrative example (`experiments/train_toy.py`; {args.epochs} epochs, harmful label noise std "
               f"{args.harmful_noise:g}, p learned on "
               + (f"{args.meta_val_size} held-out samples" if args.meta_val_size else "training batches")
