@@ -49,7 +49,7 @@ PATH_STYLE = {"stl": ("white", "-"), "equal": ("tab:gray", "--"), "auxinash": ("
 Runs = Dict[Tuple[str, int], pd.DataFrame]
 
 
-def run_tag(epochs: int, harmful_noise: float, meta_val_size: int, skip_unsolvable: bool = False) -> str:
+def run_tag(epochs: int, harmful_noise: float, meta_val_size: int) -> str:
     """Results-folder suffix naming the settings that differ from the defaults ('' for the defaults)."""
     parts = []
     if epochs != DEFAULT_EPOCHS:
@@ -58,8 +58,6 @@ def run_tag(epochs: int, harmful_noise: float, meta_val_size: int, skip_unsolvab
         parts.append(f"harm{harmful_noise:g}")
     if meta_val_size != DEFAULT_META_VAL_SIZE:
         parts.append(f"val{meta_val_size}")
-    if skip_unsolvable:
-        parts.append("skip")
     return "-".join(parts)
 
 
@@ -208,9 +206,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--meta-val-size", type=int, default=DEFAULT_META_VAL_SIZE,
                         help="held-out samples that p (AuxiNash) and the other meta-updates are learned on (ours: "
                              "1000); 0 draws the meta-validation batches from the training set")
-    parser.add_argument("--skip-unsolvable", action="store_true",
-                        help="AuxiNash: skip the p update on steps whose bargaining problem has no exact solution "
-                             "(ours, off by default; see methods/auxinash.py)")
     parser.add_argument("--meta-every", type=int, default=25, help="steps between meta-updates (paper: 25)")
     parser.add_argument("--out", default="results", help="results root")
     parser.add_argument("--force", action="store_true", help="train again even where a run finished")
@@ -233,16 +228,14 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
-    tag = run_tag(args.epochs, args.harmful_noise, args.meta_val_size, args.skip_unsolvable)
+    tag = run_tag(args.epochs, args.harmful_noise, args.meta_val_size)
     flags = {k: v for k, v in vars(args).items() if k not in ("seeds", "seed")}
     runs: Runs = {}
     for seed in args.seeds:
         for method in args.methods:
             benchmark = make_benchmark(seed, args)
             config = TrainConfig(method=method, main_task="main", seed=seed, lr=1e-2, meta_every=args.meta_every,
-                                 out=args.out, tag=tag, resume=True, force=args.force, flags=flags,
-                                 method_kwargs={"skip_unsolvable": True} if args.skip_unsolvable and
-                                 method == "auxinash" else {})
+                                 out=args.out, tag=tag, resume=True, force=args.force, flags=flags)
             run_dir = train(benchmark, config)
             runs[(method, seed)] = pd.read_csv(os.path.join(run_dir, "metrics.csv"))
     per_run = final_rows(runs)

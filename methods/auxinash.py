@@ -16,11 +16,6 @@ batch, over the shared parameters. The hypergradient is clipped to norm 1, p tak
 momentum 0.9), is clamped at ≥ 1e-4 and rescaled to sum to K: the official code's defaults.
 
 ``p`` given and ``learn_p=False`` is the paper's fixed-p ablation (Table 8); p = 1 is Nash-MTL.
-
-``skip_unsolvable=True`` (ours, off by default; the official code has no such rule) skips the p update when
-the last step's bargaining problem (1) of ``nash_solver`` has no exact solution, i.e. when no direction
-lowers every task's loss (0 lies in the convex hull of the task gradients). There the solver returns the
-ridge-regularised α, huge and ill-determined, and dα/dp at it carries no information about p.
 """
 from __future__ import annotations
 
@@ -28,7 +23,6 @@ from typing import Dict, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import nnls
 
 from .base import GradientMethod, LossFunction
 from .gradients import TaskGradients
@@ -36,23 +30,6 @@ from .implicit import implicit_hypergradient
 from .nash_solver import CvxpyNashSolver, nash_alpha_derivative, solve_nash
 
 SOLVERS = ("newton", "cvxpy")
-
-
-def hull_distance_squared(gram: np.ndarray) -> float:
-    """min over the simplex of λᵀCλ, C the cosine matrix of the gradients whose Gram matrix is ``gram``: the
-    squared distance from 0 to the convex hull of the unit task gradients. The bargaining problem has an exact
-    solution iff it is > 0 (some direction d has g_kᵀd > 0 for every k); 0 when a gradient is zero."""
-    gram = 0.5 * (np.asarray(gram, dtype=np.float64) + np.asarray(gram, dtype=np.float64).T)
-    norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
-    if np.any(norms == 0) or not np.all(np.isfinite(gram)):
-        return 0.0
-    cosines = gram / np.outer(norms, norms)
-    values, vectors = np.linalg.eigh(cosines)
-    root = np.sqrt(np.clip(values, 0.0, None))[:, None] * vectors.T  # rootᵀroot = C
-    k, weight = len(norms), 1e3  # the heavily weighted last row asks Σλ = 1
-    lam, _ = nnls(np.vstack([root, weight * np.ones(k)]), np.r_[np.zeros(k), weight])
-    lam = lam / lam.sum()
-    return float(max(lam @ cosines @ lam, 0.0))
 
 
 class AuxiNash(GradientMethod):
@@ -77,8 +54,6 @@ class AuxiNash(GradientMethod):
         hypergrad_clip: float = 1.0,
         min_p: float = 1e-4,
         solver: str = "newton",
-        skip_unsolvable: bool = False,
-        unsolvable_tol: float = 1e-6,
     ) -> None:
         super().__init__(n_tasks, main_task, device)
         if solver not in SOLVERS:
@@ -95,9 +70,6 @@ class AuxiNash(GradientMethod):
         self.hypergrad_clip = hypergrad_clip
         self.min_p = min_p
         self.solver = solver
-        self.skip_unsolvable = skip_unsolvable
-        self.unsolvable_tol = unsolvable_tol
-        self.skipped_p_updates = 0
         self._cvxpy: Optional[CvxpyNashSolver] = None
         initial = torch.ones(n_tasks, dtype=torch.float64) if p is None else torch.as_tensor(p, dtype=torch.float64)
         if initial.shape != (n_tasks,) or not torch.all(initial > 0):
@@ -171,9 +143,6 @@ class AuxiNash(GradientMethod):
         shared_parameters: Iterable[torch.Tensor],
     ) -> Dict[str, torch.Tensor]:
         if not self.learn_p:
-            return {}
-        if self.skip_unsolvable and hull_distance_squared(self.gram.numpy()) <= self.unsolvable_tol:
-            self.skipped_p_updates += 1
             return {}
         gradient = self.p_hypergradient(compute_losses, train_batch, val_batch, shared_parameters)
         if not torch.all(torch.isfinite(gradient)):

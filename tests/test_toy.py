@@ -10,7 +10,7 @@ import torch
 from experiments import train_toy
 from experiments.benchmarks import ToyBenchmark
 from experiments.benchmarks.toy import least_squares_optimum
-from methods.auxinash import AuxiNash, hull_distance_squared
+from methods.auxinash import AuxiNash
 from methods.nash_solver import solve_nash
 
 
@@ -140,42 +140,6 @@ def test_seeds_table_and_figure(tmp_path):
     path = right.get_lines()[labels.index("auxinash trajectory")].get_xydata()
     np.testing.assert_allclose(path[0], [0, 0])  # the trajectory starts at W = 0
     assert len(path) == 1 + 2  # and has one point per evaluation (20 epochs, every 10)
-
-
-def test_hull_distance_by_hand():
-    # unit gradients e1, e2: the nearest point of their hull to 0 is (½, ½), squared distance ½
-    assert hull_distance_squared(np.eye(2)) == pytest.approx(0.5, abs=1e-9)
-    # e1 and 3·e1 + 4·e2 (cosine 0.6): min over λ of λ² + (1−λ)² + 2·0.6·λ(1−λ) is at λ = ½: 0.8
-    g = np.array([[1.0, 0.0], [3.0, 4.0]])
-    assert hull_distance_squared(g @ g.T) == pytest.approx(0.8, abs=1e-9)
-    # opposite gradients, and three 2-D gradients around the origin: 0 in the hull, no exact solution
-    g = np.array([[1.0, 0.0], [-2.0, 0.0], [0.0, 1.0]])
-    assert hull_distance_squared(g @ g.T) < 1e-12
-    angles = np.array([0.0, 2.1, 4.2])
-    g = np.stack([np.cos(angles), np.sin(angles)], 1)
-    assert hull_distance_squared(g @ g.T) < 1e-12
-    assert hull_distance_squared(np.diag([1.0, 0.0])) == 0.0  # a zero gradient
-
-
-def test_skip_unsolvable_p_updates():
-    class Called(Exception):
-        pass
-
-    def compute_losses(batch):
-        raise Called
-
-    unsolvable = np.array([[1.0, 0.0], [-2.0, 0.0], [0.0, 1.0]])
-    solvable = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
-    for skip, g, skipped in ((True, unsolvable, True), (True, solvable, False), (False, unsolvable, False)):
-        method = AuxiNash(3, skip_unsolvable=skip)
-        method.gram = torch.as_tensor(g @ g.T)
-        if skipped:
-            assert method.meta_update(compute_losses, None, None, []) == {}
-            assert method.skipped_p_updates == 1 and torch.equal(method.p, torch.ones(3, dtype=torch.float64))
-        else:
-            with pytest.raises(Called):
-                method.meta_update(compute_losses, None, None, [])
-    assert AuxiNash(3).skip_unsolvable is False  # today's behaviour by default
 
 
 def test_run_all_runs_the_toy_once_with_five_seeds():
