@@ -156,10 +156,14 @@ def draw(runs: Runs, benchmark: ToyBenchmark, path: str) -> plt.Figure:
 
     x, y = benchmark.train["x"].cpu().double().numpy(), benchmark.train["main"].cpu().double().numpy()
 
+    second, first, constant = x.T @ x / len(y), x.T @ y / len(y), y @ y / len(y)
+
     def landscape(axes, limits, levels):
         w1, w2 = np.meshgrid(np.linspace(*limits[0], 240), np.linspace(*limits[1], 240))
-        residual = x[:, 0, None, None] * w1 + x[:, 1, None, None] * w2 - y[:, None, None]
-        axes.contourf(w1, w2, np.log((residual**2).mean(0)), levels=levels, cmap="viridis")
+        # mean((Wᵀx − y)²) = Wᵀ(XᵀX/n)W − 2Wᵀ(Xᵀy/n) + mean(y²)
+        loss = (second[0, 0] * w1**2 + 2 * second[0, 1] * w1 * w2 + second[1, 1] * w2**2
+                - 2 * (first[0] * w1 + first[1] * w2) + constant)
+        axes.contourf(w1, w2, np.log(loss), levels=levels, cmap="viridis")
         axes.set_xlim(*limits[0])
         axes.set_ylim(*limits[1])
 
