@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 from experiments.benchmarks import ToyBenchmark  # noqa: E402
 from experiments.benchmarks.toy import DEFAULT_HARMFUL_NOISE, DEFAULT_META_VAL_SIZE  # noqa: E402
-from experiments.loop import TrainConfig, run_directory, train  # noqa: E402
+from experiments.loop import TrainConfig, train  # noqa: E402
 from experiments.results_io import atomic_write  # noqa: E402
 from methods import METHOD_NAMES  # noqa: E402
 

@@ -35,7 +35,8 @@ def test_veto_every_batch_loss_decreases_to_first_order(case):
     directional = g @ update
     np.testing.assert_allclose(directional, p / alpha, rtol=1e-6)
     assert np.all(directional > 0)
-    # L_k(θ − εΔθ) − L_k(θ) = −ε g_kᵀΔθ + O(ε²) for L_k(θ) = g_kᵀθ + ½|θ|², whose gradient at θ = 0 is g_k
+    # L_k(θ − εΔθ) − L_k(θ) = −ε g_kᵀΔθ + O(ε²) for L_k(θ) = g_kᵀθ + ½|θ|²,
+    # whose gradient at θ = 0 is g_k
     theta, eps = np.zeros(g.shape[1]), 1e-6
     loss = lambda t: g @ t + 0.5 * t @ t  # noqa: E731  (every task's, at once)
     assert np.all(loss(theta - eps * update) < loss(theta))
@@ -59,8 +60,9 @@ def test_veto_holds_through_the_method_on_the_toy_geometry():
 
 
 def test_veto_contrast_equal_weights_raise_the_main_loss_at_the_start():
-    """At W = 0 the full-data gradients are −2·optimum: main = helpful = (−2, −2), harmful = (2, 8). Their plain
-    sum (−2, 4) raises the main loss (g_mainᵀΣ = 4 − 8 = −4 < 0 along −Σ); the bargaining update does not."""
+    """At W = 0 the full-data gradients are −2·optimum: main = helpful = (−2, −2), harmful = (2, 8). Their
+    plain sum (−2, 4) raises the main loss (g_mainᵀΣ = 4 − 8 = −4 < 0 along −Σ); the bargaining update does
+    not."""
     g = np.array([[-2.0, -2.0], [-2.0, -2.0], [2.0, 8.0]])
     assert g[0] @ g.sum(0) == -4.0
     alpha = solve_nash(g @ g.T, np.ones(3))
