@@ -106,8 +106,10 @@ for benchmark in $BENCHMARKS; do
       for seed in $SEEDS; do for labels in $CIFAR_LABELS; do for method in $METHODS; do
         add "experiments/train_cifar_ssl.py --data-root $CIFAR10_ROOT $CIFAR_SETTINGS --n-labeled $labels --method $method --seed $seed"
       done; done; done ;;
-    toy)
-      for seed in $SEEDS; do RUNS+=("$PYTHON experiments/train_toy.py $TOY_SETTINGS --methods $METHODS --seed $seed --out $OUT $FORCE"); done ;;
+    toy)  # one invocation for every seed (its table is mean ± std over them); 5 seeds unless --seeds or --quick
+      toy_seeds=$SEEDS
+      if [ "$QUICK" = 0 ] && [ "$SEEDS" = "0 1 2" ]; then toy_seeds="0 1 2 3 4"; fi
+      RUNS+=("$PYTHON experiments/train_toy.py $TOY_SETTINGS --methods $METHODS --seeds $toy_seeds --out $OUT $FORCE") ;;
     *) echo "unknown benchmark: $benchmark" >&2; exit 2 ;;
   esac
 done

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from data import synthetic
-from experiments import make_figures, make_tables, train_cifar_ssl, train_cityscapes, train_nyuv2, train_toy
+from experiments import make_figures, make_tables, train_cifar_ssl, train_cityscapes, train_nyuv2
 from methods import METHOD_NAMES
 from tests.conftest import ROOT
 
@@ -134,12 +134,6 @@ def test_make_tables_assembles_per_main_task(tmp_path):
     np.testing.assert_allclose(ours.loc["STL", "disp_abs_err"], 1.0 + 6.5 + 1.0)
     assert not os.path.exists(os.path.join(results, "tables", "cityscapes_aux_set.md"))  # no ablation runs
     assert "\\begin{tabular}" in open(os.path.join(results, "tables", "cityscapes.tex")).read()
-
-
-def test_toy_and_figures(tmp_path):
-    train_toy.main(["--epochs", "20", "--methods", "stl", "equal", "auxinash", "--out", str(tmp_path)])
-    assert os.path.getsize(os.path.join(tmp_path, "figures", "toy.png")) > 10_000
-    assert "auxinash" in open(os.path.join(tmp_path, "tables", "toy.md")).read()
 
 
 def test_make_figures(roots, tmp_path):
