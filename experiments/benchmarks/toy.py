@@ -102,9 +102,11 @@ class ToyBenchmark(Benchmark):
         return {k: v[picks] for k, v in self.meta_val.items()}
 
     def fresh_training_batch(self, items: str = "train") -> Batch:
-        """``batch_size`` distinct training samples (no augmentation here; the meta items are the training set)."""
-        picks = torch.randperm(len(self.train["x"]), generator=self.generator)[:self.batch_size].to(self.device)
-        return {k: v[picks] for k, v in self.train.items()}
+        """``batch_size`` distinct samples of the training set (``"train"``) or of the meta-validation set
+        (``"meta"``: the held-out samples, or the training set when there are none); no augmentation here."""
+        source = self.meta_val if items == "meta" else self.train
+        picks = torch.randperm(len(source["x"]), generator=self.generator)[:self.batch_size].to(self.device)
+        return {k: v[picks] for k, v in source.items()}
 
     def losses(self, model, batch):
         predictions = model(batch["x"])
