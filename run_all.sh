@@ -13,7 +13,7 @@
 #   --nyuv2-root DIR --cityscapes-root DIR --cifar10-root DIR   (or NYUV2_ROOT, CITYSCAPES_ROOT, CIFAR10_ROOT)
 #   --out DIR                         results root (default: results)
 #   --device DEV                      torch device passed to every run (default: the scripts' choice)
-#   --force                           train finished runs again
+#   --force                           train every run again from scratch (old run folders are moved aside)
 #   --dry-run                         print the runs and stop
 # A benchmark whose data is missing is reported and skipped. Finished runs are not trained again; an
 # interrupted run resumes from its last checkpoint (every run gets --resume).
@@ -67,6 +67,7 @@ else
 fi
 
 RUNS=()
+SKIPPED=0
 add() { RUNS+=("$PYTHON $* --out $OUT --resume $FORCE $DEVICE"); }
 dense_tasks() {  # the tasks of a dense benchmark (the MTAN Cityscapes release has seg and depth only)
   if [ "$1" = cityscapes ] && [ -d "$2/train/depth" ]; then echo "seg depth"
@@ -79,7 +80,7 @@ for benchmark in $BENCHMARKS; do
     nyuv2|cityscapes)
       root=$([ "$benchmark" = nyuv2 ] && echo "$NYUV2_ROOT" || echo "$CITYSCAPES_ROOT")
       if [ ! -d "$root/train" ] && [ "$DRY" = 0 ]; then
-        echo "SKIPPED $benchmark: no dataset at $root (see README, section Data)" >&2; continue
+        echo "SKIPPED $benchmark: no dataset at $root (see README, section Data)" >&2; SKIPPED=$((SKIPPED + 1)); continue
       fi
       tasks=$(dense_tasks "$benchmark" "$root")
       script="experiments/train_$benchmark.py --data-root $root $DENSE_SETTINGS"
@@ -101,7 +102,8 @@ for benchmark in $BENCHMARKS; do
       done ;;
     cifar10_ssl)
       if [ ! -d "$CIFAR10_ROOT/cifar-10-batches-py" ] && [ "$DRY" = 0 ]; then
-        echo "SKIPPED cifar10_ssl: no cifar-10-batches-py/ under $CIFAR10_ROOT (see README, section Data)" >&2; continue
+        echo "SKIPPED cifar10_ssl: no cifar-10-batches-py/ under $CIFAR10_ROOT (see README, section Data)" >&2
+        SKIPPED=$((SKIPPED + 1)); continue
       fi
       for seed in $SEEDS; do for labels in $CIFAR_LABELS; do for method in $METHODS; do
         add "experiments/train_cifar_ssl.py --data-root $CIFAR10_ROOT $CIFAR_SETTINGS --n-labeled $labels --method $method --seed $seed"
@@ -112,12 +114,20 @@ for benchmark in $BENCHMARKS; do
   esac
 done
 
+if [ "${#RUNS[@]}" = 0 ]; then
+  echo "no runs: every requested benchmark was skipped ($SKIPPED); see the messages above" >&2; exit 1
+fi
 if [ "$DRY" = 1 ]; then printf '%s\n' "${RUNS[@]}"; exit 0; fi
 echo "${#RUNS[@]} runs (logs in $OUT/logs)"
 mkdir -p "$OUT/logs"
 failed=0
+log_name() {  # a run's log is named by its settings (script and flags), not by its position in the list
+  echo "$1" | tr ' ' '\n' | grep -v -e "^$PYTHON\$" | sed -e 's|.*/||' | tr '\n' ' ' \
+    | sed -e 's/ --out [^ ]*//; s/ --resume//; s/ --force//; s/ --device [^ ]*//; s/ --data-root [^ ]*//' \
+    | sed -e 's/\.py//; s/ *$//; s/ --/_/g; s/ /-/g; s/[^A-Za-z0-9_.=-]/-/g'
+}
 for i in "${!RUNS[@]}"; do
-  log="$OUT/logs/run$((i + 1)).log"
+  log="$OUT/logs/$(log_name "${RUNS[$i]}").log"
   start=$SECONDS
   if eval "${RUNS[$i]}" >"$log" 2>&1; then status=ok; else status=FAILED; failed=$((failed + 1)); fi
   echo "[$((i + 1))/${#RUNS[@]}] $status in $((SECONDS - start)) s: ${RUNS[$i]}"
