@@ -121,8 +121,25 @@ def train(benchmark: Benchmark, config: TrainConfig) -> str:
         raise ValueError(f"--main-task must be one of {task_names}, got {config.main_task!r}")
     if benchmark.rounds < 1:
         raise ValueError(f"{benchmark.name} has no {benchmark.round_unit} to train; ask for at least one")
+    record_run_directory(run_dir)
     with RunLock(run_dir):
         return _train_locked(benchmark, config, run_dir)
+
+
+RUN_RECORD_ENV = "AUXINASH_RUN_RECORD"
+
+
+def record_run_directory(run_dir: str) -> None:
+    """Add ``run_dir`` to the file named by ``$AUXINASH_RUN_RECORD``, if set: how ``experiments/sweep.py`` learns
+    which run folders a command line trains, without changing the command line."""
+    record = os.environ.get(RUN_RECORD_ENV)
+    if not record:
+        return
+    run_dir = os.path.abspath(run_dir)
+    known = open(record).read().split("\n") if os.path.exists(record) else []
+    if run_dir not in known:
+        with open(record, "a") as f:
+            f.write(run_dir + "\n")
 
 
 def _train_locked(benchmark: Benchmark, config: TrainConfig, run_dir: str) -> str:

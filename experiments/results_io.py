@@ -15,10 +15,10 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
-import pandas as pd
-import torch
+if TYPE_CHECKING:  # torch and pandas are imported where used, so that status views (sweep.py) start quickly
+    import pandas as pd
 
 log = logging.getLogger("auxinash")
 
@@ -43,14 +43,17 @@ def read_json(path: str) -> Dict[str, Any]:
 
 
 def write_rows(path: str, rows: List[Dict[str, Any]]) -> None:
+    import pandas as pd
     atomic_write(path, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
 
 
 def read_rows(path: str) -> List[Dict[str, Any]]:
+    import pandas as pd
     return pd.read_csv(path).to_dict("records") if os.path.exists(path) else []
 
 
 def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
+    import torch
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -65,6 +68,8 @@ def environment() -> Dict[str, str]:
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", False
     import numpy
+    import pandas as pd
+    import torch
     return {"git_commit": commit + ("+dirty" if dirty else ""), "python": sys.version.split()[0],
             "torch": torch.__version__, "numpy": numpy.__version__, "pandas": pd.__version__}
 
@@ -282,6 +287,7 @@ def move_aside(run_dir: str, keep: Sequence[str] = ("lock",)) -> Optional[str]:
 
 def load_checkpoint(path: str, device) -> Dict[str, Any]:
     """The checkpoint, or a ``RunError`` naming the file when it cannot be read."""
+    import torch
     try:
         state = torch.load(path, map_location=device, weights_only=False)
         missing = {"model", "optimizer", "scheduler", "method", "benchmark", "rng", "round", "step"} - set(state)
@@ -298,6 +304,7 @@ def check_metrics(path: str, rounds_done: int, unit: str = "round") -> List[Dict
     with a complete line, every line has as many fields as the header, and every round before the checkpoint's
     has its training row (losses and weights present) and the same evaluation splits as the first round.
     Anything else is a ``RunError`` naming the file: those rounds cannot be restored from the checkpoint."""
+    import pandas as pd
     fix = ("rounds before the checkpoint's cannot be restored: start the run again with --force (the damaged "
            "run is moved aside)")
     if rounds_done == 0:
@@ -366,8 +373,9 @@ def select_runs(results: str, benchmark: str = "*", include_unfinished: bool = F
     return used, left_out
 
 
-def read_metrics(path: str) -> pd.DataFrame:
+def read_metrics(path: str) -> "pd.DataFrame":
     """A run's metrics.csv, or a ``RunError`` naming the file when it is missing, empty or unreadable."""
+    import pandas as pd
     try:
         return pd.read_csv(path)
     except FileNotFoundError:
