@@ -63,7 +63,7 @@ while [ $# -gt 0 ]; do
     --status) STATUS=1; shift ;;
     --tables) TABLES=1; shift ;;
     --include-unfinished) INCLUDE_UNFINISHED="--include-unfinished"; shift ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done

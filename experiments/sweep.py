@@ -139,18 +139,20 @@ class RunCommand(submitit.helpers.Checkpointable):
         files = RunFiles(self.out, self.command)
         os.makedirs(files.logs, exist_ok=True)
         record = read_json(files.record) or {"command": self.command, "attempts": []}
+        command = self.command
+        if slurm_job() and any(a.get("slurm_job") == slurm_job() for a in record["attempts"]):
+            command = resume_command(command)  # requeued by SLURM itself (preemption): continue, never start over
         attempt = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": slurm_job(), "started": now(),
-                   "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "command": self.command}
+                   "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "command": command}
         record["attempts"].append(attempt)
         write_json(files.record, record)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env[RUN_RECORD_ENV] = os.path.abspath(files.rundirs)
         with open(files.log, "a") as log:
             log.write(f"=== {now()} on {attempt['host']}" + (f" (SLURM job {attempt['slurm_job']})"
-                                                             if attempt["slurm_job"] else "") + f": {self.command}\n")
+                                                             if attempt["slurm_job"] else "") + f": {command}\n")
             log.flush()
-            process = subprocess.Popen(shlex.split(self.command), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                       env=env)
+            process = subprocess.Popen(shlex.split(command), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
             _CHILDREN[self.command] = process
             try:
                 code = process.wait()
@@ -304,8 +306,19 @@ def launch_local(out: str, commands: Sequence[str], jobs: int, gpus: List[int], 
     if gpus and jobs > len(gpus):
         print(f"warning: {jobs} jobs share {len(gpus)} GPU(s)", file=sys.stderr)
     running: List[Tuple[object, str, float, Optional[int]]] = []
-    queue, done, failed = list(commands), 0, 0
+    queue = list(commands)
     gpu_use = {g: 0 for g in gpus}
+    try:
+        return _local_loop(out, commands, jobs, gpus, executor, running, queue, gpu_use, poll)
+    except KeyboardInterrupt:  # the jobs would outlive this process: stop them; a relaunch resumes them
+        for job, command, _, _ in running:
+            job.cancel(check=False)
+        print(f"\ninterrupted: stopped {len(running)} running job(s); launch again to resume them", file=sys.stderr)
+        return len(running) + len(queue)
+
+
+def _local_loop(out, commands, jobs, gpus, executor, running, queue, gpu_use, poll) -> int:
+    done, failed = 0, 0
     while queue or running:
         while queue and len(running) < jobs:
             command = queue.pop(0)

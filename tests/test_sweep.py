@@ -230,3 +230,17 @@ def test_run_names_are_stable_and_position_free():
     assert sweep.run_name(a) != sweep.run_name(a.replace("--seed 0", "--seed 1"))
     assert sweep.parse_time("24:00:00") == 1440 and sweep.parse_time("1-12:00:00") == 2160
     assert sweep.parse_time("90") == 90 and sweep.parse_time("0:30:30") == 31
+
+
+def test_a_job_requeued_by_slurm_continues_instead_of_starting_over(tmp_path, monkeypatch):
+    """SLURM requeues a preempted job with its first submission: a --force in it must not start the run over."""
+    command = f"{sys.executable} -c 'import sys; print(sys.argv[1:])' --force"
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    for _ in range(2):
+        assert sweep.RunCommand(command, str(tmp_path)).run() == 0
+    attempts = json.load(open(tmp_path / "logs" / f"{sweep.run_name(command)}.json"))["attempts"]
+    assert [a["slurm_job"] for a in attempts] == ["77", "77"]
+    assert attempts[0]["command"] == command and "--force" not in attempts[1]["command"]
+    log = open(tmp_path / "logs" / f"{sweep.run_name(command)}.log").read()
+    assert "['--force']" in log and "[]" in log
