@@ -127,6 +127,29 @@ def resume_command(command: str) -> str:
     return shlex.join(tokens)
 
 
+def stop(process: subprocess.Popen, grace: float = 60) -> None:
+    """SIGTERM (the run keeps its last checkpoint and loses at most its current round), SIGKILL after ``grace``
+    seconds. Reaps with ``os.waitpid``: this runs in a signal handler that interrupted ``process.wait()``, whose
+    lock ``Popen.wait``/``poll`` would wait on."""
+    try:
+        process.send_signal(signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + grace
+    while True:
+        try:
+            pid, status = os.waitpid(process.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped already
+            return
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return
+        if time.time() > deadline:
+            process.kill()
+            deadline = float("inf")
+        time.sleep(0.05)
+
+
 class RunCommand(submitit.helpers.Checkpointable):
     """One run: its command line, run as it is, output appended to its log, each attempt recorded. On SLURM's
     signal before the time limit, or on preemption, submitit calls ``checkpoint``: the command is stopped (the
@@ -156,6 +179,11 @@ class RunCommand(submitit.helpers.Checkpointable):
             _CHILDREN[self.command] = process
             try:
                 code = process.wait()
+            except BaseException as stop:  # submitit's requeue (SystemExit after checkpoint) or an interrupt
+                log.write(f"=== {now()}: stopped ({type(stop).__name__}), exit status {process.poll()}\n")
+                attempt.update(ended=now(), exit_code=process.poll(), stopped=type(stop).__name__)
+                write_json(files.record, record)
+                raise
             finally:
                 _CHILDREN.pop(self.command, None)
             log.write(f"=== {now()}: exit status {code}\n")
@@ -171,12 +199,8 @@ class RunCommand(submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         process = _CHILDREN.get(self.command)
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # the run loses at most its current round
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        if process is not None:
+            stop(process)
         return submitit.helpers.DelayedSubmission(RunCommand(resume_command(self.command), self.out))
 
 
@@ -209,6 +233,10 @@ def run_state(out: str, command: str) -> Tuple[str, str]:
     if submitted.get("job_id") and (not last or last["started"] < submitted["submitted"]):
         if slurm_job_running(submitted["job_id"]):
             return "pending", f"queued as SLURM job {submitted['job_id']}"
+    if last and last.get("stopped") == "SystemExit":  # checkpointed for a requeue (time limit or preemption)
+        if last.get("slurm_job") and slurm_job_running(str(last["slurm_job"])):
+            return "pending", f"requeued as SLURM job {last['slurm_job']}"
+        return "pending", ""
     if last and last.get("exit_code") not in (None, 0, LOCKED_EXIT):
         return "failed", f"exit status {last['exit_code']} ({last.get('ended')})"
     if last and "ended" not in last:

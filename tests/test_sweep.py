@@ -70,7 +70,7 @@ def test_local_executor_sweep_matches_sequential_and_is_idempotent(nyuv2_root, t
 
 def test_a_preempted_run_resumes_to_the_same_metrics(nyuv2_root, tmp_path):
     out, straight = tmp_path / "sweep", tmp_path / "straight"
-    runs = commands(nyuv2_root, out, methods=("auxinash",), epochs=6)
+    runs = commands(nyuv2_root, out, methods=("auxinash",), epochs=4)
     path = os.path.join(str(out), "runs.txt")
     os.makedirs(str(out))
     open(path, "w").write(runs[0] + "\n")
@@ -94,7 +94,31 @@ def test_a_preempted_run_resumes_to_the_same_metrics(nyuv2_root, tmp_path):
     run_sweep(runs, out, "--launcher", "local", check=0)  # relaunched: resumes from the last checkpoint
     log = open(out / "logs" / f"{sweep.run_name(runs[0])}.log").read()
     assert log.count("=== ") == 4  # two attempts, each with a start and an end line
-    train_nyuv2.main(sweep.script_tokens(commands(nyuv2_root, straight, methods=("auxinash",), epochs=6)[0])[1:])
+    train_nyuv2.main(sweep.script_tokens(commands(nyuv2_root, straight, methods=("auxinash",), epochs=4)[0])[1:])
+    pd.testing.assert_frame_equal(metrics(out, "auxinash", "main-seg"), metrics(straight, "auxinash", "main-seg"))
+
+
+def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes(nyuv2_root, tmp_path):
+    """The real requeue path: USR2 to the job (what SLURM sends before the time limit, --signal) makes submitit
+    call RunCommand.checkpoint, which stops the run; the job is requeued with --resume and finishes."""
+    out, straight = tmp_path / "sweep", tmp_path / "straight"
+    runs = commands(nyuv2_root, out, methods=("auxinash",), epochs=4)
+    os.makedirs(str(out))
+    open(out / "runs.txt", "w").write(runs[0] + "\n")
+    launcher = subprocess.Popen([*SWEEP, "--runs", str(out / "runs.txt"), "--out", str(out), "--launcher", "local"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    record = out / "logs" / f"{sweep.run_name(runs[0])}.json"
+    checkpoint = out / "nyuv2" / "auxinash" / "main-seg" / "seed0" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (checkpoint.exists() and record.exists()):
+        time.sleep(0.05)
+    os.kill(json.load(open(record))["attempts"][0]["pid"], signal.SIGUSR2)  # the job's process
+    output = launcher.communicate(timeout=180)[0]
+    assert launcher.returncode == 0 and "[1/1] ok" in output, output
+    attempts = json.load(open(record))["attempts"]
+    assert len(attempts) == 2 and attempts[0]["stopped"] == "SystemExit" and attempts[1]["exit_code"] == 0
+    train_nyuv2.main(sweep.script_tokens(commands(nyuv2_root, straight, methods=("auxinash",), epochs=4)[0])[1:])
     pd.testing.assert_frame_equal(metrics(out, "auxinash", "main-seg"), metrics(straight, "auxinash", "main-seg"))
 
 
