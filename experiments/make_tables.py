@@ -168,11 +168,11 @@ def paper_values(spec: TableSpec) -> Dict[str, Dict[str, float]]:
     return pd.read_csv(path).set_index("method").to_dict("index")
 
 
-def run_descriptions(results: str, benchmark: str) -> Tuple[bool, List[str]]:
-    """Whether any run used synthetic data, and the devices the runs used."""
+def run_descriptions(results: str, benchmark: str, include_unfinished: bool = False) -> Tuple[bool, List[str]]:
+    """Whether any finished run used synthetic data, and the devices the finished runs used."""
     synthetic, devices = False, set()
-    for path in glob.glob(os.path.join(results, benchmark, "*", "main-*", "seed*", "config.json")):
-        config = read_json(path)
+    for run_dir in select_runs(results, benchmark, include_unfinished)[0]:
+        config = read_json(os.path.join(run_dir, "config.json"))
         synthetic |= bool(config.get("synthetic_data"))
         devices.add(config.get("device_name", "?"))
     return synthetic, sorted(devices)
@@ -201,7 +201,7 @@ def format_table(spec: TableSpec, ours: pd.DataFrame, paper: Dict[str, Dict[str,
         cells.append("" if pd.isna(paper_dm) else f"{paper_dm:+.2f}")
         cells.append(str(int(row["seeds"])))
         lines.append(cells)
-    synthetic, devices = run_descriptions(results, spec.benchmark)
+    synthetic, devices = run_descriptions(results, spec.benchmark, include_unfinished)
     caption = (f"{spec.title}. Ours: mean ± std over seeds ({', '.join(devices)}); in parentheses the paper's "
                f"value. Δm against our STL (lower is better).")
     caption += left_out_note(results, [spec.benchmark], include_unfinished)
@@ -228,7 +228,7 @@ def cifar_table(results: str, include_unfinished: bool = False) -> Optional[str]
     paper = {}
     if os.path.exists(os.path.join(PAPER_DIR, "cifar10_ssl.csv")):
         paper = pd.read_csv(os.path.join(PAPER_DIR, "cifar10_ssl.csv")).set_index("method").to_dict("index")
-    synthetic = any(run_descriptions(results, b)[0] for b in benchmarks)
+    synthetic = any(run_descriptions(results, b, include_unfinished)[0] for b in benchmarks)
     lines = []
     for method, label in PAPER_ROWS.items():
         cells = [label]

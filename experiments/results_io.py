@@ -141,7 +141,8 @@ def describe_holder(info: Dict[str, Any]) -> str:
 def slurm_job_running(job: str) -> Optional[bool]:
     """Whether a SLURM job (``123`` or ``123_4``) is pending or running, or None if ``squeue`` cannot tell."""
     try:
-        result = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30)
+        result = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%T"], capture_output=True, text=True,
+                                timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if result.returncode != 0:

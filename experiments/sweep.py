@@ -207,6 +207,37 @@ class RunCommand(submitit.helpers.Checkpointable):
 # ------------------------------------------------------------------------------------------------------------
 # where each run stands
 
+_QUEUE: Dict[str, bool] = {}  # SLURM job (array task) → queued or running, read once per status view
+
+
+def read_queue(jobs: Sequence[str]) -> None:
+    """Ask ``squeue`` once about every job array of ``jobs`` (one line per array task)."""
+    arrays = sorted({job.split("_")[0] for job in jobs if job})
+    if not arrays:
+        return
+    try:
+        result = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i %T"], capture_output=True,
+                                text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    if result.returncode == 0:
+        listed = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
+        _QUEUE.update({job: job in listed for job in jobs})
+
+
+def slurm_queued(job: str) -> Optional[bool]:
+    if job in _QUEUE:
+        return _QUEUE[job]
+    from experiments.results_io import slurm_job_running
+    return slurm_job_running(job)
+
+
+def prefetch_queue(out: str, commands: Sequence[str]) -> None:
+    jobs = [read_json(RunFiles(out, c).submitted).get("job_id") for c in commands]
+    jobs += [(read_json(RunFiles(out, c).record).get("attempts") or [{}])[-1].get("slurm_job") for c in commands]
+    read_queue([j for j in jobs if j])
+
+
 def process_alive(host: Optional[str], pid, job: Optional[str]) -> bool:
     from experiments.results_io import holder_alive
     return bool(holder_alive({"host": host, "pid": pid, "slurm_job": job}))
@@ -215,7 +246,7 @@ def process_alive(host: Optional[str], pid, job: Optional[str]) -> bool:
 def run_state(out: str, command: str) -> Tuple[str, str]:
     """(done | running | pending | failed, detail) of one command line, read from its run folders (status.json,
     lock), its attempts and its SLURM submission."""
-    from experiments.results_io import describe_holder, lock_holder, run_finished, slurm_job_running
+    from experiments.results_io import describe_holder, lock_holder, run_finished
     files = RunFiles(out, command)
     rundirs = open(files.rundirs).read().split() if os.path.exists(files.rundirs) else []
     attempts = read_json(files.record).get("attempts", [])
@@ -231,10 +262,10 @@ def run_state(out: str, command: str) -> Tuple[str, str]:
         return "done", ""
     submitted = read_json(files.submitted)
     if submitted.get("job_id") and (not last or last["started"] < submitted["submitted"]):
-        if slurm_job_running(submitted["job_id"]):
+        if slurm_queued(submitted["job_id"]):
             return "pending", f"queued as SLURM job {submitted['job_id']}"
     if last and last.get("stopped") == "SystemExit":  # checkpointed for a requeue (time limit or preemption)
-        if last.get("slurm_job") and slurm_job_running(str(last["slurm_job"])):
+        if last.get("slurm_job") and slurm_queued(str(last["slurm_job"])):
             return "pending", f"requeued as SLURM job {last['slurm_job']}"
         return "pending", ""
     if last and last.get("exit_code") not in (None, 0, LOCKED_EXIT):
@@ -255,6 +286,7 @@ def tail(path: str, lines: int) -> List[str]:
 def status(out: str, commands: Sequence[str], stream=sys.stdout, log_lines: int = 10) -> Dict[str, int]:
     """Print every run's state, its run folder (or name) and log; a failed run's last log lines."""
     counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
+    prefetch_queue(out, commands)
     for command in commands:
         state, detail = run_state(out, command)
         counts[state] += 1
@@ -276,6 +308,7 @@ def status(out: str, commands: Sequence[str], stream=sys.stdout, log_lines: int 
 def to_launch(out: str, commands: Sequence[str]) -> List[str]:
     """The commands to start now: not running or queued, and not finished (unless they ask for ``--force``)."""
     chosen, skipped = [], {"done": 0, "running": 0, "pending": 0}
+    prefetch_queue(out, commands)
     for command in commands:
         state, detail = run_state(out, command)
         forced = "--force" in shlex.split(command)

@@ -149,7 +149,7 @@ def fake_slurm(tmp_path):
     bin_dir.mkdir()
     extras = {"sbatch": 'for last; do :; done\ncp "$last" "$(dirname "$STANDIN_RECORD")/submission.sh"\n'
                         'echo "Submitted batch job 4242"',
-              "squeue": "echo PENDING", "sacct": "", "scancel": "", "srun": ""}
+              "squeue": 'for i in $(seq 0 9); do echo "4242_$i PENDING"; done', "sacct": "", "scancel": "", "srun": ""}
     for name, extra in extras.items():
         (bin_dir / name).write_text(STANDIN.format(name=name, extra=extra))
         (bin_dir / name).chmod(0o755)
@@ -205,7 +205,9 @@ srun --unbuffered --output FOLDER/%A_%a/%A_%a_%t_log.out PYTHON -u -m submitit.c
     assert "4 runs: 0 done, 0 running, 4 pending, 0 failed" in status and "queued as SLURM job 4242_3" in status
     again = run_sweep(runs, out, "--launcher", "slurm", env=fake_slurm, check=0)
     assert "nothing to launch" in again.stdout
-    assert [line.split()[0] for line in open(fake_slurm["STANDIN_RECORD"]).read().splitlines()].count("sbatch") == 1
+    calls = open(fake_slurm["STANDIN_RECORD"]).read().splitlines()
+    assert [line.split()[0] for line in calls].count("sbatch") == 1
+    assert "squeue -h -r -j 4242 -o %i %T" in calls and len(calls) == 3  # one squeue per view, not one per run
 
 
 def test_slurm_launcher_without_slurm_says_so(tmp_path):
