@@ -194,7 +194,14 @@ class RunLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         flock_works = True
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            for attempt in range(10):  # a status view (``lock_holder``) holds a shared lock for a moment
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if attempt == 9:
+                        raise
+                    time.sleep(0.1)
         except BlockingIOError:
             os.close(fd)
             raise RunLockedError(f"{os.path.dirname(self.path)} is being trained by {describe_holder(self._read())}; "
