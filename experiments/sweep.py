@@ -179,9 +179,10 @@ class RunCommand(submitit.helpers.Checkpointable):
             _CHILDREN[self.command] = process
             try:
                 code = process.wait()
-            except BaseException as stop:  # submitit's requeue (SystemExit after checkpoint) or an interrupt
-                log.write(f"=== {now()}: stopped ({type(stop).__name__}), exit status {process.poll()}\n")
-                attempt.update(ended=now(), exit_code=process.poll(), stopped=type(stop).__name__)
+            except BaseException as interruption:  # submitit's requeue (SystemExit after checkpoint), Ctrl-C
+                reason = type(interruption).__name__
+                log.write(f"=== {now()}: stopped ({reason}), exit status {process.poll()}\n")
+                attempt.update(ended=now(), exit_code=process.poll(), stopped=reason)
                 write_json(files.record, record)
                 raise
             finally:
