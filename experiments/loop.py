@@ -157,7 +157,10 @@ def _train_locked(benchmark: Benchmark, config: TrainConfig, run_dir: str) -> st
             log.warning("--force: moved the earlier run in %s aside to %s; training from scratch", run_dir, aside)
     trained = os.path.exists(paths["status"]) or os.path.exists(paths["checkpoint"])
     if os.path.exists(paths["config"]) and trained:
-        saved = read_json(paths["config"])
+        try:
+            saved = read_json(paths["config"])
+        except ValueError as error:
+            raise RunError(f"{paths['config']} cannot be read ({error}); start the run again with --force") from None
         if saved.get("identity_digest") != digest:
             state = "finished" if os.path.exists(paths["status"]) else "unfinished"
             changes = identity_difference(saved.get("identity", {}), identity) if "identity" in saved else \
