@@ -4,6 +4,11 @@
 #   ./run_all.sh                      # the paper's settings (GPU), data roots from flags or environment
 #   ./run_all.sh --quick              # every run at tiny settings on synthetic layouts, CPU, ~10 minutes
 #   ./run_all.sh --dry-run            # print the run list, one command line per run
+#   ./run_all.sh --launcher local --jobs 4        # 4 runs at a time on this machine, one GPU each if present
+#   ./run_all.sh --launcher slurm --partition gpu --gpus-per-run 1 --time 24:00:00 [--account A] [--qos Q] \
+#                [--max-parallel 32]              # one SLURM job array (submitit); returns once submitted
+#   ./run_all.sh --status             # done / running / pending / failed per run, with log paths
+#   ./run_all.sh --tables             # tables and figures from whatever has finished
 #
 # Options:
 #   --benchmarks "nyuv2 cityscapes cifar10_ssl toy"   which benchmarks (default: all four)
@@ -11,12 +16,19 @@
 #   --seeds "0 1 2"                   seeds (default: 0 1 2; --quick: 0)
 #   --ablations                       add the ablation runs (fixed p, learning rate of p, held-out aux set)
 #   --nyuv2-root DIR --cityscapes-root DIR --cifar10-root DIR   (or NYUV2_ROOT, CITYSCAPES_ROOT, CIFAR10_ROOT)
-#   --out DIR                         results root (default: results)
+#   --out DIR                         results root (default: results); logs in DIR/logs, named by run
 #   --device DEV                      torch device passed to every run (default: the scripts' choice)
-#   --force                           train finished runs again
+#   --force                           train every run again from scratch (old run folders are moved aside)
 #   --dry-run                         print the runs and stop
-# A benchmark whose data is missing is reported and skipped. Finished runs are not trained again; an
-# interrupted run resumes from its last checkpoint (every run gets --resume).
+#   --launcher sequential|local|slurm how to run the list (default: sequential, one after another)
+#   --jobs N                          local: runs at once (default 1)
+#   --gpus 0,1,...|none               local: the GPUs to spread runs over (default: every visible GPU)
+#   --partition P --gpus-per-run N --cpus-per-run N --mem M --time T --account A --qos Q --max-parallel N
+#                                     slurm: the job array's settings (time per job; longer runs requeue and resume)
+#   --status                          where every run of the list stands; exit status 1 if any failed
+#   --tables                          only write tables and figures (finished runs; --include-unfinished for all)
+# A benchmark whose data is missing is reported and skipped. Launching again skips finished and running runs and
+# resumes interrupted ones (every run gets --resume); see experiments/sweep.py.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
@@ -24,7 +36,8 @@ BENCHMARKS="nyuv2 cityscapes cifar10_ssl toy"
 METHODS="stl equal pcgrad cagrad nashmtl gcs olaux auxilearn auxinash"
 MULTI_TASK=" equal pcgrad cagrad nashmtl "
 SEEDS=""
-ABLATIONS=0 QUICK=0 DRY=0 FORCE=""
+ABLATIONS=0 QUICK=0 DRY=0 FORCE="" STATUS=0 TABLES=0 INCLUDE_UNFINISHED=""
+SWEEP=(--launcher sequential)
 OUT=results
 DEVICE=""
 NYUV2_ROOT=${NYUV2_ROOT:-data_cache/nyuv2}
@@ -44,15 +57,27 @@ while [ $# -gt 0 ]; do
     --nyuv2-root) NYUV2_ROOT="$2"; shift 2 ;;
     --cityscapes-root) CITYSCAPES_ROOT="$2"; shift 2 ;;
     --cifar10-root) CIFAR10_ROOT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    --launcher|--jobs|--gpus|--partition|--gpus-per-run|--cpus-per-run|--mem|--time|--account|--qos|--max-parallel)
+      [ $# -ge 2 ] || { echo "$1 needs a value (see --help)" >&2; exit 2; }
+      SWEEP+=("$1" "$2"); shift 2 ;;
+    --status) STATUS=1; shift ;;
+    --tables) TABLES=1; shift ;;
+    --include-unfinished) INCLUDE_UNFINISHED="--include-unfinished"; shift ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
+if [ "$TABLES" = 1 ]; then
+  exec $PYTHON experiments/sweep.py --tables --out "$OUT" $INCLUDE_UNFINISHED
+fi
+LIST_ONLY=$DRY  # --dry-run and --status list every run, whether its data is here or not
+[ "$STATUS" = 1 ] && LIST_ONLY=1
+
 if [ "$QUICK" = 1 ]; then
   SEEDS=${SEEDS:-0}
   SYNTHETIC="$OUT/.synthetic"
-  if [ "$DRY" = 0 ] && [ ! -e "$SYNTHETIC/nyuv2/SYNTHETIC" ]; then
+  if [ "$LIST_ONLY" = 0 ] && [ ! -e "$SYNTHETIC/nyuv2/SYNTHETIC" ]; then
     echo "quick mode: writing small synthetic datasets under $SYNTHETIC"
     $PYTHON -m data.synthetic --small "$SYNTHETIC"
   fi
@@ -67,6 +92,7 @@ else
 fi
 
 RUNS=()
+SKIPPED=0
 add() { RUNS+=("$PYTHON $* --out $OUT --resume $FORCE $DEVICE"); }
 dense_tasks() {  # the tasks of a dense benchmark (the MTAN Cityscapes release has seg and depth only)
   if [ "$1" = cityscapes ] && [ -d "$2/train/depth" ]; then echo "seg depth"
@@ -78,8 +104,8 @@ for benchmark in $BENCHMARKS; do
   case "$benchmark" in
     nyuv2|cityscapes)
       root=$([ "$benchmark" = nyuv2 ] && echo "$NYUV2_ROOT" || echo "$CITYSCAPES_ROOT")
-      if [ ! -d "$root/train" ] && [ "$DRY" = 0 ]; then
-        echo "SKIPPED $benchmark: no dataset at $root (see README, section Data)" >&2; continue
+      if [ ! -d "$root/train" ] && [ "$LIST_ONLY" = 0 ]; then
+        echo "SKIPPED $benchmark: no dataset at $root (see README, section Data)" >&2; SKIPPED=$((SKIPPED + 1)); continue
       fi
       tasks=$(dense_tasks "$benchmark" "$root")
       script="experiments/train_$benchmark.py --data-root $root $DENSE_SETTINGS"
@@ -100,8 +126,9 @@ for benchmark in $BENCHMARKS; do
         fi
       done ;;
     cifar10_ssl)
-      if [ ! -d "$CIFAR10_ROOT/cifar-10-batches-py" ] && [ "$DRY" = 0 ]; then
-        echo "SKIPPED cifar10_ssl: no cifar-10-batches-py/ under $CIFAR10_ROOT (see README, section Data)" >&2; continue
+      if [ ! -d "$CIFAR10_ROOT/cifar-10-batches-py" ] && [ "$LIST_ONLY" = 0 ]; then
+        echo "SKIPPED cifar10_ssl: no cifar-10-batches-py/ under $CIFAR10_ROOT (see README, section Data)" >&2
+        SKIPPED=$((SKIPPED + 1)); continue
       fi
       for seed in $SEEDS; do for labels in $CIFAR_LABELS; do for method in $METHODS; do
         add "experiments/train_cifar_ssl.py --data-root $CIFAR10_ROOT $CIFAR_SETTINGS --n-labeled $labels --method $method --seed $seed"
@@ -114,18 +141,20 @@ for benchmark in $BENCHMARKS; do
   esac
 done
 
+if [ "${#RUNS[@]}" = 0 ]; then
+  echo "no runs: every requested benchmark was skipped ($SKIPPED); see the messages above" >&2; exit 1
+fi
 if [ "$DRY" = 1 ]; then printf '%s\n' "${RUNS[@]}"; exit 0; fi
+if [ "$STATUS" = 1 ]; then
+  printf '%s\n' "${RUNS[@]}" | $PYTHON experiments/sweep.py --status --out "$OUT" --runs -; exit $?
+fi
 echo "${#RUNS[@]} runs (logs in $OUT/logs)"
-mkdir -p "$OUT/logs"
 failed=0
-for i in "${!RUNS[@]}"; do
-  log="$OUT/logs/run$((i + 1)).log"
-  start=$SECONDS
-  if eval "${RUNS[$i]}" >"$log" 2>&1; then status=ok; else status=FAILED; failed=$((failed + 1)); fi
-  echo "[$((i + 1))/${#RUNS[@]}] $status in $((SECONDS - start)) s: ${RUNS[$i]}"
-  if [ "$status" = FAILED ]; then tail -n 5 "$log" >&2; fi
-done
-$PYTHON experiments/make_tables.py --results "$OUT"
-$PYTHON experiments/make_figures.py --results "$OUT"
-echo "tables: $OUT/tables, figures: $OUT/figures; $failed run(s) failed"
+printf '%s\n' "${RUNS[@]}" | $PYTHON experiments/sweep.py --out "$OUT" --runs - "${SWEEP[@]}" || failed=1
+case " ${SWEEP[*]} " in
+  *" slurm "*) echo "follow the runs with: ./run_all.sh --status (same flags); tables with: ./run_all.sh --tables"
+               exit $failed ;;
+esac
+$PYTHON experiments/sweep.py --tables --out "$OUT" || true
+echo "tables: $OUT/tables, figures: $OUT/figures$([ "$failed" = 0 ] || echo '; some runs FAILED (see above)')"
 [ "$failed" = 0 ]

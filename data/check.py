@@ -5,8 +5,9 @@
     python -m data.check cifar10 --root ROOT
 
 Reads every file through the same loaders the training scripts use, checks shapes, dtypes and value ranges
-(images in [0, 1], labels in [−1, C−1], depth / disparity ≥ 0 or the invalid marker, normals unit length or zero;
-Cityscapes part_seg without −1 where the root's conventions.json says Auto-λ's background convention) and prints
+(finite values, images in [0, 1], labels in [−1, C−1], depth / disparity ≥ 0 or the invalid marker, normals unit
+length or zero; Cityscapes part_seg without −1 where the root's conventions.json says Auto-λ's background
+convention) and prints
 counts, shapes, value ranges and the class histogram. Exits with status 1 and the error on a malformed dataset.
 """
 from __future__ import annotations
@@ -43,6 +44,9 @@ def summarise_dense(dataset: DenseDataset, expected_count: int, no_ignore: tuple
                 histograms[key] = histograms.get(key, 0) + counts
                 stats.setdefault(key, []).append(((value < 0).mean(),))
                 continue
+            if not np.isfinite(value).all():
+                raise MalformedDatasetError(f"{path!r}: {int((~np.isfinite(value)).sum())} non-finite {target.kind} "
+                                            "values (NaN or inf); mark invalid pixels with 0 instead")
             if target.kind == "image" and (value.min() < 0 or value.max() > 1):
                 raise MalformedDatasetError(f"{path!r}: image values in [{value.min():.3g}, {value.max():.3g}], "
                                             "expected [0, 1]")

@@ -8,7 +8,9 @@ powers p), and a checkpoint is written; both atomically. ``--resume`` continues 
 the same batches, so an interrupted run ends exactly where an uninterrupted one would.
 
 Results: ``<out>/<benchmark>/<method>[_<tag>]/main-<task or all>/seed<k>/`` with ``metrics.csv``,
-``config.json``, ``checkpoint.pt`` and, once every round is done, ``status.json`` saying so.
+``config.json``, ``checkpoint.pt`` and, once every round is done, ``status.json`` saying so. A run's identity
+is the digest of the settings that change its results (``results_io.run_identity``), kept in config.json and
+status.json; one process at a time trains a run folder (``results_io.RunLock``).
 """
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ from tqdm import tqdm
 from methods import METHODS, canonical_name, get_method
 
 from .benchmarks import Benchmark
-from .results_io import environment, read_rows, save_checkpoint, write_json, write_rows
+from .results_io import (RunError, RunLock, check_metrics, environment, identity_difference, identity_digest,
+                         load_checkpoint, move_aside, read_json, remove_stale_temporaries, run_identity,
+                         save_checkpoint, write_json, write_rows)
 
 log = logging.getLogger("auxinash")
 
@@ -94,25 +98,86 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def run_identity_of(benchmark: Benchmark, config: TrainConfig) -> Dict[str, Any]:
+    """The settings that define a run (see ``results_io.run_identity``): its flags and loop settings, the
+    benchmark, the method by its canonical name, and the main task only for methods that have one."""
+    settings = {**config.flags, **{k: v for k, v in asdict(config).items()}}
+    name = canonical_name(config.method)
+    settings.update(method=name, benchmark=benchmark.name,
+                    main_task=config.main_task if METHODS[name].uses_main_task else None)
+    return run_identity(settings)
+
+
 def train(benchmark: Benchmark, config: TrainConfig) -> str:
-    """Train one run (or resume it); return its results folder."""
+    """Train one run (or resume it); return its results folder.
+
+    Under the run's lock: ``--force`` first moves an existing run aside; a finished run with the same identity
+    is left as it is; a run folder holding another identity stops with the differing settings; ``--resume``
+    checks the checkpoint and metrics.csv before continuing."""
     run_dir = run_directory(benchmark, config)
-    paths = {name: os.path.join(run_dir, file) for name, file in
-             (("metrics", "metrics.csv"), ("config", "config.json"), ("checkpoint", "checkpoint.pt"),
-              ("status", "status.json"))}
-    if os.path.exists(paths["status"]) and not config.force:
-        log.info("%s is finished already (pass --force to train it again)", run_dir)
-        return run_dir
-    if os.path.exists(paths["checkpoint"]) and not (config.resume or config.force):
-        raise FileExistsError(f"{run_dir} holds an unfinished run: pass --resume to continue it or --force to "
-                              f"start it again")
-    device = benchmark.device
     task_names = benchmark.task_names
     if config.main_task is None:
         config.main_task = task_names[0]
     if config.main_task not in task_names:
         raise ValueError(f"--main-task must be one of {task_names}, got {config.main_task!r}")
     benchmark.check_meta_batches(config.meta_batches)
+    if benchmark.rounds < 1:
+        raise ValueError(f"{benchmark.name} has no {benchmark.round_unit} to train; ask for at least one")
+    record_run_directory(run_dir)
+    with RunLock(run_dir):
+        return _train_locked(benchmark, config, run_dir)
+
+
+RUN_RECORD_ENV = "AUXINASH_RUN_RECORD"
+
+
+def record_run_directory(run_dir: str) -> None:
+    """Add ``run_dir`` to the file named by ``$AUXINASH_RUN_RECORD``, if set: how ``experiments/sweep.py`` learns
+    which run folders a command line trains, without changing the command line."""
+    record = os.environ.get(RUN_RECORD_ENV)
+    if not record:
+        return
+    run_dir = os.path.abspath(run_dir)
+    known = open(record).read().split("\n") if os.path.exists(record) else []
+    if run_dir not in known:
+        with open(record, "a") as f:
+            f.write(run_dir + "\n")
+
+
+def _train_locked(benchmark: Benchmark, config: TrainConfig, run_dir: str) -> str:
+    paths = {name: os.path.join(run_dir, file) for name, file in
+             (("metrics", "metrics.csv"), ("config", "config.json"), ("checkpoint", "checkpoint.pt"),
+              ("status", "status.json"))}
+    identity = run_identity_of(benchmark, config)
+    digest = identity_digest(identity)
+    removed = remove_stale_temporaries(run_dir)
+    if removed:
+        log.info("removed temporary files left by interrupted writers: %s", ", ".join(removed))
+    if config.force:
+        aside = move_aside(run_dir)
+        if aside:
+            log.warning("--force: moved the earlier run in %s aside to %s; training from scratch", run_dir, aside)
+    trained = os.path.exists(paths["status"]) or os.path.exists(paths["checkpoint"])
+    if os.path.exists(paths["config"]) and trained:
+        try:
+            saved = read_json(paths["config"])
+        except ValueError as error:
+            raise RunError(f"{paths['config']} cannot be read ({error}); start the run again with --force") from None
+        if saved.get("identity_digest") != digest:
+            state = "finished" if os.path.exists(paths["status"]) else "unfinished"
+            changes = identity_difference(saved.get("identity", {}), identity) if "identity" in saved else \
+                ["(it was written before runs recorded their settings)"]
+            raise RunError(f"{run_dir} holds a {state} run with other settings:\n  " + "\n  ".join(changes)
+                           + f"\nPass --force to train it again with these settings (the old run is moved aside to "
+                             f"{run_dir}.old-<time>), or another --out or --tag to keep both")
+    if os.path.exists(paths["status"]):
+        log.info("%s is finished already (pass --force to train it again)", run_dir)
+        return run_dir
+    if os.path.exists(paths["checkpoint"]) and not config.resume:
+        raise RunError(f"{run_dir} holds an unfinished run: pass --resume to continue it or --force to start it "
+                       f"again")
+    device = benchmark.device
+    task_names = benchmark.task_names
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -127,17 +192,22 @@ def train(benchmark: Benchmark, config: TrainConfig) -> str:
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step or 10**9, gamma=config.lr_gamma)
     start_round, step, rows = 0, 0, []
     if config.resume and os.path.exists(paths["checkpoint"]):
-        state = torch.load(paths["checkpoint"], map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        method.load_state_dict(state["method"])
-        benchmark.load_state_dict(state["benchmark"])
-        set_rng_state(state["rng"])
+        state = load_checkpoint(paths["checkpoint"], device)
+        rows = check_metrics(paths["metrics"], state["round"], benchmark.round_unit)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            method.load_state_dict(state["method"])
+            benchmark.load_state_dict(state["benchmark"])
+            set_rng_state(state["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            raise RunError(f"the checkpoint {paths['checkpoint']} does not fit this run ({error}); start the run "
+                           f"again with --force") from None
         start_round, step = state["round"], state["step"]
-        rows = [r for r in read_rows(paths["metrics"]) if r["round"] < start_round]
         log.info("resuming %s at %s %d", run_dir, benchmark.round_unit, start_round)
     write_json(paths["config"], {**config.flags, **asdict(config), "run_dir": run_dir, "benchmark": benchmark.name,
+                                 "identity": identity, "identity_digest": digest,
                                  "tasks": list(task_names), "round_unit": benchmark.round_unit,
                                  "selection": benchmark.selection, "device": str(device),
                                  "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -181,7 +251,8 @@ def train(benchmark: Benchmark, config: TrainConfig) -> str:
         if not all(np.isfinite(mean_losses)):
             raise FloatingPointError(f"non-finite training loss in {benchmark.round_unit} {round_index} "
                                      f"({dict(zip(task_names, mean_losses))}); the last checkpoint in {run_dir} "
-                                     f"is from before it: lower --lr or check the data, then --resume")
+                                     f"is from before it: check the data, or lower --lr (new settings make a new run: add --force, "
+                                     f"or keep this one with another --tag)")
         train_row = {"round": round_index, "step": step, "split": "train", "lr": optimizer.param_groups[0]["lr"],
                      "seconds": time.time() - started,
                      **{f"loss_{t}": v for t, v in zip(task_names, mean_losses)},
@@ -201,7 +272,8 @@ def train(benchmark: Benchmark, config: TrainConfig) -> str:
         if config.stop_after is not None and rounds_done >= config.stop_after and round_index + 1 < benchmark.rounds:
             log.info("stopping after %d %ss as asked; continue with --resume", rounds_done, benchmark.round_unit)
             return run_dir
-    write_json(paths["status"], {"finished": True, "rounds": benchmark.rounds, "steps": step})
+    write_json(paths["status"], {"finished": True, "rounds": benchmark.rounds, "steps": step,
+                                 "identity_digest": digest})
     log.info("finished %s", run_dir)
     return run_dir
 

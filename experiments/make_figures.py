@@ -1,6 +1,8 @@
 """Figures from the runs' metrics.csv files: ``results/figures/*.png``.
 
-    python experiments/make_figures.py [--results results]
+    python experiments/make_figures.py [--results results] [--include-unfinished]
+
+Only finished runs are drawn unless ``--include-unfinished``; the runs left out are listed in a warning.
 
 - ``<benchmark>_auxinash_weights.png``: AuxiNash's bargaining powers p (top) and the share of each task in
   the weights α (bottom) over training, one panel per main task (as the paper's Figure 4); seed 0.
@@ -22,23 +24,31 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
 
-from experiments.results_io import read_json  # noqa: E402
+from experiments.make_tables import report_selection  # noqa: E402
+from experiments.results_io import RunError, read_json, read_metrics, select_runs  # noqa: E402
 
 log = logging.getLogger("make_figures")
 
 
-def runs_of(results: str, benchmark: str, seed: int = 0):
-    """(method folder, main folder, config, metrics) of every run of ``benchmark`` with this seed."""
-    for path in sorted(glob.glob(os.path.join(results, benchmark, "*", "main-*", f"seed{seed}", "metrics.csv"))):
-        run_dir = os.path.dirname(path)
+def runs_of(results: str, benchmark: str, seed: int = 0, include_unfinished: bool = False):
+    """(method folder, main folder, config, metrics) of every finished run of ``benchmark`` with this seed
+    (every run with a metrics.csv under ``include_unfinished``)."""
+    for run_dir in select_runs(results, benchmark, include_unfinished)[0]:
         parts = run_dir.split(os.sep)
-        yield parts[-3], parts[-2], read_json(os.path.join(run_dir, "config.json")), pd.read_csv(path)
+        if parts[-1] != f"seed{seed}":
+            continue
+        try:
+            rows = read_metrics(os.path.join(run_dir, "metrics.csv"))
+        except RunError as error:
+            log.warning("leaving out %s: %s", run_dir, error)
+            continue
+        yield parts[-3], parts[-2], read_json(os.path.join(run_dir, "config.json")), rows
 
 
-def weights_figure(results: str, benchmark: str, path: str) -> bool:
-    runs = [(main, config, rows) for method, main, config, rows in runs_of(results, benchmark) if method == "auxinash"]
+def weights_figure(results: str, benchmark: str, path: str, include_unfinished: bool = False) -> bool:
+    runs = [(main, config, rows) for method, main, config, rows in runs_of(results, benchmark, 0, include_unfinished)
+            if method == "auxinash"]
     if not runs:
         return False
     figure, axes = plt.subplots(2, len(runs), figsize=(4.5 * len(runs), 6), squeeze=False)
@@ -62,8 +72,8 @@ def weights_figure(results: str, benchmark: str, path: str) -> bool:
     return True
 
 
-def curves_figure(results: str, benchmark: str, path: str) -> bool:
-    runs = list(runs_of(results, benchmark))
+def curves_figure(results: str, benchmark: str, path: str, include_unfinished: bool = False) -> bool:
+    runs = list(runs_of(results, benchmark, 0, include_unfinished))
     if not runs:
         return False
     tasks = runs[0][2]["tasks"]
@@ -89,7 +99,7 @@ def curves_figure(results: str, benchmark: str, path: str) -> bool:
     return True
 
 
-def make_figures(results: str = "results") -> list:
+def make_figures(results: str = "results", include_unfinished: bool = False) -> list:
     out = os.path.join(results, "figures")
     os.makedirs(out, exist_ok=True)
     written = []
@@ -98,19 +108,24 @@ def make_figures(results: str = "results") -> list:
     for benchmark in benchmarks:
         for name, draw in (("auxinash_weights", weights_figure), ("curves", curves_figure)):
             path = os.path.join(out, f"{benchmark}_{name}.png")
-            if draw(results, benchmark, path):
+            if draw(results, benchmark, path, include_unfinished):
                 written.append(path)
     return written
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="results")
+    parser.add_argument("--include-unfinished", action="store_true",
+                        help="also draw runs that have not finished (for a look at runs in progress)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    for path in make_figures(args.results):
+    if not report_selection(args.results, args.include_unfinished, log):
+        return 1
+    for path in make_figures(args.results, args.include_unfinished):
         log.info("wrote %s", path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """Turn every run's metrics.csv into the paper's tables: ``results/tables/<table>.md`` and ``.tex``.
 
-    python experiments/make_tables.py [--results results]
+    python experiments/make_tables.py [--results results] [--include-unfinished]
 
 Per run: the mean test metrics over the last 10 evaluations (NYUv2, Cityscapes: the paper's protocol) or the
 test metrics at the best validation accuracy (CIFAR-10 SSL: early stopping). Per method: multi-task methods
@@ -10,6 +10,8 @@ are mean ± std over seeds, the best mean of each column in bold; the paper's va
 repository, the paper's Tables 1-4, 8, 9) stands in parentheses. The caption says what each Δm is measured against:
 "Δm (ours)" against our own STL row, "Δm (paper)" the paper's printed Δm, against the paper's STL row (for NYUv2
 that row equals the official code's hard-coded baseline, AvivSham/auxinash ``experiments/nyuv2/calc_delta.py``).
+Only finished runs count (status.json present and from the settings in config.json); the runs left out are
+listed in a warning and in the table's caption; ``--include-unfinished`` shows runs in progress (and says so).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from experiments.metrics import delta_m  # noqa: E402
-from experiments.results_io import read_json  # noqa: E402
+from experiments.results_io import RunError, read_json, read_metrics, run_finished, select_runs  # noqa: E402
 
 log = logging.getLogger("make_tables")
 LAST_EVALUATIONS = 10
@@ -85,7 +87,9 @@ def table_specs() -> List[TableSpec]:
 def run_result(run_dir: str) -> Dict[str, float]:
     """One run's test metrics under its benchmark's selection rule."""
     config = read_json(os.path.join(run_dir, "config.json"))
-    rows = pd.read_csv(os.path.join(run_dir, "metrics.csv"))
+    rows = read_metrics(os.path.join(run_dir, "metrics.csv"))
+    if "split" not in rows.columns or not (rows.split == "test").any():
+        raise ValueError("its metrics.csv has no test rows")
     test = rows[rows.split == "test"].set_index("round")
     if config.get("selection") == "best_val":
         val = rows[rows.split == "val"].set_index("round")
@@ -96,17 +100,34 @@ def run_result(run_dir: str) -> Dict[str, float]:
     return last.drop(columns=["step", "split"], errors="ignore").mean(numeric_only=True).dropna().to_dict()
 
 
-def collect(results: str, benchmark: str) -> Dict[str, Dict[str, Dict[int, Dict[str, float]]]]:
-    """method folder → main folder → seed → metrics, over the runs with a metrics.csv."""
+def collect(results: str, benchmark: str, include_unfinished: bool = False
+            ) -> Dict[str, Dict[str, Dict[int, Dict[str, float]]]]:
+    """method folder → main folder → seed → metrics, over the finished runs (every run with a metrics.csv
+    under ``include_unfinished``); a finished run whose metrics cannot be used is reported, not dropped silently."""
     found: Dict[str, Dict[str, Dict[int, Dict[str, float]]]] = {}
-    for path in sorted(glob.glob(os.path.join(results, benchmark, "*", "main-*", "seed*", "metrics.csv"))):
-        run_dir = os.path.dirname(path)
+    for run_dir in select_runs(results, benchmark, include_unfinished)[0]:
         seed_dir, main_dir, method_dir = run_dir.split(os.sep)[-1], run_dir.split(os.sep)[-2], run_dir.split(os.sep)[-3]
         try:
             found.setdefault(method_dir, {}).setdefault(main_dir, {})[int(seed_dir[4:])] = run_result(run_dir)
-        except (KeyError, ValueError, IndexError) as error:  # an unfinished run without test rows
-            log.warning("skipping %s: %s", run_dir, error)
+        except (KeyError, ValueError, IndexError, RunError) as error:
+            log.warning("leaving out %s: %s", run_dir, error)
     return found
+
+
+def left_out_note(results: str, benchmarks: Sequence[str], include_unfinished: bool) -> str:
+    """The caption's sentence on the runs left out (unfinished), or on unfinished runs included."""
+    notes = []
+    for benchmark in benchmarks:
+        used, left_out = select_runs(results, benchmark, include_unfinished)
+        if include_unfinished:
+            notes += [os.path.relpath(d, results) for d in used if not run_finished(d)[0]]
+        else:
+            notes += [f"{os.path.relpath(d, results)} ({why})" for d, why in left_out]
+    if not notes:
+        return ""
+    if include_unfinished:
+        return f" INCLUDES {len(notes)} UNFINISHED RUN(S): {', '.join(notes)}."
+    return f" Left out {len(notes)} unfinished run(s): {', '.join(notes)}."
 
 
 def method_seeds(runs: Dict[str, Dict[int, Dict[str, float]]], columns: Sequence[str]) -> Dict[int, Dict[str, float]]:
@@ -123,9 +144,9 @@ def method_seeds(runs: Dict[str, Dict[int, Dict[str, float]]], columns: Sequence
     return per_seed
 
 
-def assemble(spec: TableSpec, results: str) -> Optional[pd.DataFrame]:
+def assemble(spec: TableSpec, results: str, include_unfinished: bool = False) -> Optional[pd.DataFrame]:
     """Rows of ``spec`` that have runs: per column mean and std over seeds, and the seed count."""
-    runs = collect(results, spec.benchmark)
+    runs = collect(results, spec.benchmark, include_unfinished)
     rows = []
     for label, method_dir, _ in spec.rows:
         if method_dir not in runs:
@@ -149,18 +170,18 @@ def paper_values(spec: TableSpec) -> Dict[str, Dict[str, float]]:
     return pd.read_csv(path).set_index("method").to_dict("index")
 
 
-def run_descriptions(results: str, benchmark: str) -> Tuple[bool, List[str]]:
-    """Whether any run used synthetic data, and the devices the runs used."""
+def run_descriptions(results: str, benchmark: str, include_unfinished: bool = False) -> Tuple[bool, List[str]]:
+    """Whether any finished run used synthetic data, and the devices the finished runs used."""
     synthetic, devices = False, set()
-    for path in glob.glob(os.path.join(results, benchmark, "*", "main-*", "seed*", "config.json")):
-        config = read_json(path)
+    for run_dir in select_runs(results, benchmark, include_unfinished)[0]:
+        config = read_json(os.path.join(run_dir, "config.json"))
         synthetic |= bool(config.get("synthetic_data"))
         devices.add(config.get("device_name", "?"))
     return synthetic, sorted(devices)
 
 
 def format_table(spec: TableSpec, ours: pd.DataFrame, paper: Dict[str, Dict[str, float]], results: str,
-                 latex: bool) -> str:
+                 latex: bool, include_unfinished: bool = False) -> str:
     stl = ours[ours.label == "STL"]
     baseline = stl.iloc[0].to_dict() if len(stl) else None
     best = {c: (ours[c].max() if higher else ours[c].min()) for c, higher in spec.columns.items()}
@@ -182,9 +203,10 @@ def format_table(spec: TableSpec, ours: pd.DataFrame, paper: Dict[str, Dict[str,
         cells.append("" if pd.isna(paper_dm) else f"{paper_dm:+.2f}")
         cells.append(str(int(row["seeds"])))
         lines.append(cells)
-    synthetic, devices = run_descriptions(results, spec.benchmark)
+    synthetic, devices = run_descriptions(results, spec.benchmark, include_unfinished)
     caption = (f"{spec.title}. Ours: mean ± std over seeds ({', '.join(devices)}); in parentheses the paper's "
                f"value. Δm (ours) vs our STL; Δm (paper) vs the paper's STL row (lower is better).")
+    caption += left_out_note(results, [spec.benchmark], include_unfinished)
     if synthetic:
         caption = "SYNTHETIC SMOKE RUN, not comparable to the paper. " + caption
     if latex:
@@ -200,7 +222,7 @@ def format_table(spec: TableSpec, ours: pd.DataFrame, paper: Dict[str, Dict[str,
     return f"{caption}\n\n" + "\n".join(table) + "\n"
 
 
-def cifar_table(results: str) -> Optional[str]:
+def cifar_table(results: str, include_unfinished: bool = False) -> Optional[str]:
     """CIFAR-10 SSL test accuracy per labelled-set size (paper Table 4: 5K and 10K labels)."""
     benchmarks = sorted(os.path.basename(p) for p in glob.glob(os.path.join(results, "cifar10_ssl_*")))
     if not benchmarks:
@@ -208,12 +230,12 @@ def cifar_table(results: str) -> Optional[str]:
     paper = {}
     if os.path.exists(os.path.join(PAPER_DIR, "cifar10_ssl.csv")):
         paper = pd.read_csv(os.path.join(PAPER_DIR, "cifar10_ssl.csv")).set_index("method").to_dict("index")
-    synthetic = any(run_descriptions(results, b)[0] for b in benchmarks)
+    synthetic = any(run_descriptions(results, b, include_unfinished)[0] for b in benchmarks)
     lines = []
     for method, label in PAPER_ROWS.items():
         cells = [label]
         for benchmark in benchmarks:
-            runs = collect(results, benchmark).get(method, {})
+            runs = collect(results, benchmark, include_unfinished).get(method, {})
             values = [m["cls_acc"] for main in runs.values() for m in main.values() if "cls_acc" in m]
             cell = f"{np.mean(values):.2f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.2f} (n={len(values)})" \
                 if values else ""
@@ -224,6 +246,7 @@ def cifar_table(results: str) -> Optional[str]:
         lines.append(cells)
     caption = ("CIFAR-10 SSL test accuracy (%) at the best validation accuracy, mean ± std over n seeds (paper "
                "Table 4: 5K and 10K labels; the paper's values in brackets).")
+    caption += left_out_note(results, benchmarks, include_unfinished)
     if synthetic:
         caption = "SYNTHETIC SMOKE RUN, not comparable to the paper. " + caption
     header = ["method"] + [f"{b.removeprefix('cifar10_ssl_')} labels" for b in benchmarks]
@@ -232,13 +255,13 @@ def cifar_table(results: str) -> Optional[str]:
     return f"{caption}\n\n" + "\n".join(table) + "\n"
 
 
-def make_tables(results: str = "results") -> List[str]:
-    """Write every table that has runs; return the paths written."""
+def make_tables(results: str = "results", include_unfinished: bool = False) -> List[str]:
+    """Write every table that has finished runs (or any runs, ``include_unfinished``); return the paths written."""
     out = os.path.join(results, "tables")
     os.makedirs(out, exist_ok=True)
     written = []
     for spec in table_specs():
-        ours = assemble(spec, results)
+        ours = assemble(spec, results, include_unfinished)
         ablation_rows = {label for label, method_dir, _ in spec.rows if "_" in method_dir}
         if ours is None or (spec.name != spec.benchmark and not ablation_rows & set(ours.label)):
             continue  # an ablation table needs its ablation runs
@@ -246,9 +269,9 @@ def make_tables(results: str = "results") -> List[str]:
         for latex, suffix in ((False, "md"), (True, "tex")):
             path = os.path.join(out, f"{spec.name}.{suffix}")
             with open(path, "w") as f:
-                f.write(format_table(spec, ours, paper, results, latex))
+                f.write(format_table(spec, ours, paper, results, latex, include_unfinished))
             written.append(path)
-    text = cifar_table(results)
+    text = cifar_table(results, include_unfinished)
     if text:
         path = os.path.join(out, "cifar10_ssl.md")
         with open(path, "w") as f:
@@ -257,14 +280,35 @@ def make_tables(results: str = "results") -> List[str]:
     return written
 
 
-def main(argv=None) -> None:
+def report_selection(results: str, include_unfinished: bool, logger: logging.Logger) -> bool:
+    """Log what tables and figures leave out (or that there is nothing); False when there is nothing to use."""
+    used, left_out = select_runs(results, "*", include_unfinished)
+    if not used and not left_out:
+        logger.error("no runs found under %s", results)
+        return False
+    if left_out:
+        logger.warning("leaving out %d unfinished run(s) (--include-unfinished to show them): %s", len(left_out),
+                       "; ".join(f"{os.path.relpath(d, results)} ({why})" for d, why in left_out))
+    if not used:
+        logger.error("no finished runs under %s (%d unfinished; pass --include-unfinished for a look at them)",
+                     results, len(left_out))
+        return False
+    return True
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="results", help="results root")
+    parser.add_argument("--include-unfinished", action="store_true",
+                        help="also use runs that have not finished (for a look at runs in progress; tables say so)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    for path in make_tables(args.results):
+    if not report_selection(args.results, args.include_unfinished, log):
+        return 1
+    for path in make_tables(args.results, args.include_unfinished):
         log.info("wrote %s", path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

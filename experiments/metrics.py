@@ -22,6 +22,14 @@ from typing import Dict, Mapping
 import torch
 
 
+def _require(state, name: str):
+    """An accumulator's totals, or a clear error when it saw no data (an empty evaluation split)."""
+    if state is None:
+        raise ValueError(f"{name}: no evaluation data was seen (the evaluation split is empty); give the split "
+                         f"at least one item (e.g. a positive --val-size)")
+    return state
+
+
 class ConfusionMatrix:
     def __init__(self, n_classes: int) -> None:
         self.n_classes = n_classes
@@ -37,7 +45,7 @@ class ConfusionMatrix:
         self.counts = counts if self.counts is None else self.counts + counts
 
     def result(self) -> Dict[str, float]:
-        counts = self.counts.double()
+        counts = _require(self.counts, "segmentation metrics").double()
         true_positive = counts.diagonal()
         union = counts.sum(0) + counts.sum(1) - true_positive
         present = union > 0
@@ -60,7 +68,7 @@ class DepthError:
         self.totals = totals if self.totals is None else self.totals + totals
 
     def result(self) -> Dict[str, float]:
-        absolute, relative, count, nonzero = self.totals.tolist()
+        absolute, relative, count, nonzero = _require(self.totals, "depth error").tolist()
         return {"abs_err": absolute / count if count else float("nan"),
                 "rel_err": relative / nonzero if nonzero else float("nan")}
 
@@ -86,7 +94,7 @@ class NormalError:
             self.histogram, self.sums = self.histogram + counts, self.sums + sums
 
     def result(self) -> Dict[str, float]:
-        count = self.histogram.sum().item()
+        count = _require(self.histogram, "normal error").sum().item()
         cumulative = self.histogram.cumsum(0)
         median_bin = int(torch.searchsorted(cumulative, torch.tensor((count + 1) // 2, device=cumulative.device)))
         total, within_11, within_22, within_30 = self.sums.tolist()
@@ -105,7 +113,7 @@ class Accuracy:
         self.totals = totals if self.totals is None else self.totals + totals
 
     def result(self) -> Dict[str, float]:
-        correct, count = self.totals.tolist()
+        correct, count = _require(self.totals, "accuracy").tolist()
         return {"acc": 100 * correct / count if count else float("nan")}
 
 
@@ -118,7 +126,7 @@ class MeanSquaredError:
         self.totals = totals if self.totals is None else self.totals + totals
 
     def result(self) -> Dict[str, float]:
-        total, count = self.totals.tolist()
+        total, count = _require(self.totals, "mean squared error").tolist()
         return {"mse": total / count}
 
 

@@ -360,6 +360,7 @@ def test_table_caption_says_what_each_delta_m_is_against(tmp_path):
         pd.DataFrame([{"round": r, "step": r, "split": "test", **values} for r in range(10)]).to_csv(
             run / "metrics.csv", index=False)
         json.dump({"selection": "last", "device_name": "cpu", "synthetic_data": False}, open(run / "config.json", "w"))
+        json.dump({"finished": True}, open(run / "status.json", "w"))  # tables read finished runs only
     make_tables.make_tables(str(tmp_path))
     text = open(tmp_path / "tables" / "nyuv2.md").read()
     assert "Δm (ours) vs our STL; Δm (paper) vs the paper's STL row" in text

@@ -76,14 +76,15 @@ def test_amp_path_runs(roots, tmp_path):
     assert np.isfinite(rows[rows.split == "test"]["seg_miou"]).all()
 
 
-def test_resume_continues_exactly(roots, tmp_path):
+def test_resume_continues_exactly(roots, tmp_path, capsys):
     args = ["--data-root", roots["nyuv2"], "--method", "auxinash", "--main-task", "seg", "--epochs", "3",
             "--width", "0.0625", "--batch-size", "1", "--workers", "0", "--meta-every", "1", "--log-level", "WARNING"]
     straight = train_nyuv2.main([*args, "--out", str(tmp_path / "a")])
     interrupted = train_nyuv2.main([*args, "--out", str(tmp_path / "b"), "--stop-after", "1"])
     assert not os.path.exists(os.path.join(interrupted, "status.json"))
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(SystemExit) as exit_info:
         train_nyuv2.main([*args, "--out", str(tmp_path / "b")])
+    assert exit_info.value.code == 3 and "--resume" in capsys.readouterr().err
     resumed = train_nyuv2.main([*args, "--out", str(tmp_path / "b"), "--resume"])
     a = pd.read_csv(os.path.join(straight, "metrics.csv")).drop(columns="seconds")
     b = pd.read_csv(os.path.join(resumed, "metrics.csv")).drop(columns="seconds")
@@ -108,6 +109,7 @@ def write_fixture_run(results, benchmark, method, main, seed, values, config=Non
     pd.DataFrame(rows).to_csv(os.path.join(run, "metrics.csv"), index=False)
     json.dump({"selection": "last", "device_name": "cpu", "synthetic_data": False, **(config or {})},
               open(os.path.join(run, "config.json"), "w"))
+    json.dump({"finished": True}, open(os.path.join(run, "status.json"), "w"))
 
 
 def test_make_tables_assembles_per_main_task(tmp_path):
