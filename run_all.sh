@@ -106,6 +106,27 @@ for benchmark in $BENCHMARKS; do
       for seed in $SEEDS; do for labels in $CIFAR_LABELS; do for method in $METHODS; do
         add "experiments/train_cifar_ssl.py --data-root $CIFAR10_ROOT $CIFAR_SETTINGS --n-labeled $labels --method $method --seed $seed"
       done; done; done ;;
+    multimnist)  # Figure 2: AuxiNash over 11 fixed p1 and LS over 11 weights (first seed), Nash-MTL over 11 seeds
+      mnist_root=${MNIST_ROOT:-data_cache/mnist}
+      found=""
+      for folder in "$mnist_root" "$mnist_root/raw" "$mnist_root/MNIST/raw"; do
+        if compgen -G "$folder/t10k-images-idx3-ubyte*" >/dev/null; then found=1; fi
+      done
+      if [ -z "$found" ] && [ "$DRY" = 0 ]; then
+        echo "SKIPPED multimnist: no MNIST IDX files under $mnist_root (set MNIST_ROOT; see README, section Data)" >&2; continue
+      fi
+      preset=${MULTIMNIST_PRESET:-$([ "$QUICK" = 1 ] && echo tiny || echo paper)}  # paper, cpu or tiny
+      script="experiments/train_multimnist.py --data-root $mnist_root --preset $preset"
+      first_seed=${SEEDS%% *}
+      for method in $METHODS; do
+        case "$method" in
+          auxinash) for p in 0.01 0.1 0.2 0.25 0.4 0.5 0.6 0.75 0.8 0.9 0.99; do
+                      add "$script --method auxinash --p $p --seed $first_seed"; done ;;
+          nashmtl) for seed in 0 1 2 3 4 5 6 7 8 9 10; do add "$script --method nashmtl --seed $seed"; done ;;
+          equal) for w in 0.01 0.1 0.2 0.25 0.4 0.5 0.6 0.75 0.8 0.9 0.99; do
+                   add "$script --method ls --weights $w --seed $first_seed"; done ;;
+        esac
+      done ;;
     toy)
       for seed in $SEEDS; do RUNS+=("$PYTHON experiments/train_toy.py $TOY_SETTINGS --methods $METHODS --seed $seed --out $OUT $FORCE"); done ;;
     *) echo "unknown benchmark: $benchmark" >&2; exit 2 ;;
