@@ -84,20 +84,31 @@ def draw_pairs(pool: np.ndarray, n: int, shift: int, rng: np.random.Generator) -
     return np.stack([pool[first], pool[second]], axis=1), corners
 
 
+def place(digits: np.ndarray, sources: np.ndarray, corners: np.ndarray) -> np.ndarray:
+    """The 36×36 uint8 canvases of the pairs ``sources`` (N×2 indices into ``digits``) with their digits' top-left
+    corners at ``corners`` (N×4: row, column of the first digit, then of the second); overlaps take the max."""
+    canvas = np.zeros((len(sources), CANVAS, CANVAS), dtype=np.uint8)
+    rows = np.arange(len(sources))[:, None, None]
+    for k in range(2):
+        r = corners[:, 2 * k, None, None] + np.arange(DIGIT)[None, :, None]
+        c = corners[:, 2 * k + 1, None, None] + np.arange(DIGIT)[None, None, :]
+        canvas[rows, r, c] = np.maximum(canvas[rows, r, c], digits[sources[:, k]])
+    return canvas
+
+
+def resize(canvas: np.ndarray) -> np.ndarray:
+    """36×36 uint8 canvases → 28×28 uint8 images (bilinear, antialiased)."""
+    resized = F.interpolate(torch.from_numpy(canvas).float()[:, None], size=(OUT, OUT), mode="bilinear",
+                            align_corners=False, antialias=True)[:, 0]
+    return resized.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
 def compose(digits: np.ndarray, sources: np.ndarray, corners: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """The 28×28 uint8 images of the pairs ``sources`` (N×2 indices into ``digits``) placed at ``corners``."""
+    """The 28×28 uint8 images of the pairs: ``place`` then ``resize``, in chunks."""
     out = np.empty((len(sources), OUT, OUT), dtype=np.uint8)
     for start in range(0, len(sources), chunk):
-        s, c = sources[start:start + chunk], corners[start:start + chunk]
-        canvas = np.zeros((len(s), CANVAS, CANVAS), dtype=np.uint8)
-        rows = np.arange(len(s))[:, None, None]
-        for k in range(2):
-            r = c[:, 2 * k, None, None] + np.arange(DIGIT)[None, :, None]
-            col = c[:, 2 * k + 1, None, None] + np.arange(DIGIT)[None, None, :]
-            canvas[rows, r, col] = np.maximum(canvas[rows, r, col], digits[s[:, k]])
-        resized = F.interpolate(torch.from_numpy(canvas).float()[:, None], size=(OUT, OUT), mode="bilinear",
-                                align_corners=False, antialias=True)[:, 0]
-        out[start:start + chunk] = resized.round().clamp(0, 255).to(torch.uint8).numpy()
+        end = start + chunk
+        out[start:end] = resize(place(digits, sources[start:end], corners[start:end]))
     return out
 
 

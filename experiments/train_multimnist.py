@@ -33,8 +33,8 @@ PRESETS = {
     # the paper's protocol (Sec. 6.2)
     "paper": dict(n_train=120_000, n_val=12_000, n_test=20_000, epochs=50, batch_size=256),
     # the reference sweep on a shared 2-core CPU: 33 runs in under an hour, one at a time (see the README):
-    # 27K training + 3K validation pairs, 5K test pairs, 12 epochs (1,272 steps of 256)
-    "cpu": dict(n_train=30_000, n_val=3_000, n_test=5_000, epochs=12, batch_size=256),
+    # 27K training + 3K validation pairs, 5K test pairs, 9 epochs (954 steps of 256)
+    "cpu": dict(n_train=30_000, n_val=3_000, n_test=5_000, epochs=9, batch_size=256),
     # the tests' end-to-end sweep
     "tiny": dict(n_train=300, n_val=100, n_test=100, epochs=2, batch_size=64),
 }
