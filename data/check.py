@@ -66,10 +66,12 @@ def summarise_dense(dataset: DenseDataset, expected_count: int) -> Dict[str, str
     return lines
 
 
-def check_multimnist(root: str, cache_root: str) -> None:
-    """Build (or read) the Multi-MNIST pair cache with the paper's counts and check its invariants."""
-    from .multimnist import CANVAS, DIGIT, load_or_build
-    arrays, meta = load_or_build(root, cache_root)
+def check_multimnist(root: str, cache_root: str, counts=None) -> None:
+    """Build (or read) the Multi-MNIST pair cache (the paper's counts, or ``counts`` = (train, val, test)) and
+    check its invariants."""
+    from .multimnist import CANVAS, DIGIT, PairSpec, load_or_build
+    spec = PairSpec() if counts is None else PairSpec(n_train=counts[0], n_val=counts[1], n_test=counts[2])
+    arrays, meta = load_or_build(root, cache_root, spec=spec)
     print(f"source: {meta['source']} ({meta['note']}); shift {meta['shift']}, seed {meta['seed']}")
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
@@ -89,7 +91,7 @@ def check_multimnist(root: str, cache_root: str) -> None:
               f"{np.unique(arrays['test_sources']).size}; none shared")
 
 
-def check(name: str, root: str, cache_root: str = "data_cache/multimnist") -> None:
+def check(name: str, root: str, cache_root: str = "data_cache/multimnist", counts=None) -> None:
     if name == "nyuv2":
         for split, expected in nyuv2.SPLITS.items():
             print(f"[{split}]")
@@ -102,7 +104,7 @@ def check(name: str, root: str, cache_root: str = "data_cache/multimnist") -> No
             for key, line in summarise_dense(cityscapes.load_cityscapes(root, split), expected).items():
                 print(f"  {key}: {line}")
     elif name == "multimnist":
-        check_multimnist(root, cache_root)
+        check_multimnist(root, cache_root, counts)
     else:
         arrays = cifar.read_cifar10(root)
         for split in ("train", "test"):
@@ -118,9 +120,11 @@ def main(argv=None) -> int:
     parser.add_argument("name", choices=["nyuv2", "cityscapes", "cifar10", "multimnist"])
     parser.add_argument("--root", required=True, help="the dataset's root folder (multimnist: MNIST's)")
     parser.add_argument("--cache-root", default="data_cache/multimnist", help="multimnist: the pair cache")
+    parser.add_argument("--pairs", type=int, nargs=3, default=None, metavar=("TRAIN", "VAL", "TEST"),
+                        help="multimnist: pair counts (default: the paper's 120000 12000 20000)")
     args = parser.parse_args(argv)
     try:
-        check(args.name, args.root, args.cache_root)
+        check(args.name, args.root, args.cache_root, args.pairs)
     except (DatasetNotFoundError, MalformedDatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
