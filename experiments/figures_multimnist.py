@@ -72,7 +72,7 @@ def collect_points(results: str, finished_only: bool = True) -> pd.DataFrame:
         points.append({"family": family, "run": os.path.relpath(run_dir, results), "preference": preference,
                        "seed": int(config["seed"]), **point, "preset": config.get("preset", "?"),
                        "data_note": config.get("data_note", ""), "n_train": config.get("n_train"),
-                       "n_test": config.get("n_test"), "epochs": config.get("epochs"),
+                       "n_val": config.get("n_val"), "n_test": config.get("n_test"), "epochs": config.get("epochs"),
                        "device": config.get("device_name", "?")})
     return pd.DataFrame(points)
 
@@ -103,9 +103,10 @@ def caption(points: pd.DataFrame) -> str:
     first = points.iloc[0]
     notes = sorted(set(points.data_note.dropna()) - {""})
     devices = ", ".join(sorted(set(points.device)))
-    text = (f"Multi-MNIST (paper Figure 2), preset '{first.preset}': {first.n_train} training pairs, "
-            f"{first.n_test} test pairs, {first.epochs} epochs; test accuracy (%) of both tasks at the epoch of "
-            f"the best mean validation accuracy; device {devices}.")
+    text = (f"Multi-MNIST (paper Figure 2), preset '{first.preset}': {first.n_train} training + {first.n_val} "
+            f"validation pairs, {first.n_test} test pairs, {first.epochs} epochs"
+            + ("" if first.preset == "paper" else " (the paper: 108K + 12K, 20K, 50 epochs)")
+            + f"; test accuracy (%) of both tasks at the epoch of the best mean validation accuracy; device {devices}.")
     if notes:
         text += " " + "; ".join(notes) + "."
     if (points.preset != first.preset).any():

@@ -5,6 +5,7 @@ import json
 import os
 import struct
 import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -319,3 +320,17 @@ def test_run_all_lists_the_sweep():
     assert sum("--method nashmtl" in line for line in lines) == 11
     assert sum("--method ls --weights" in line for line in lines) == 11
     assert len({line.split("--seed")[1] for line in lines if "nashmtl" in line}) == 11
+
+
+@pytest.mark.parametrize("script", ["train_multimnist.py", "figures_multimnist.py"])
+def test_help(script):
+    result = subprocess.run([sys.executable, os.path.join("experiments", script), "--help"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "usage" in result.stdout
+
+
+def test_missing_mnist_exits_with_message(tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        train_multimnist.main(["--data-root", str(tmp_path), "--cache-root", str(tmp_path / "c"), "--preset", "tiny",
+                               "--out", str(tmp_path / "r"), "--device", "cpu"])
+    assert caught.value.code == 2 and "no MNIST" in capsys.readouterr().err
