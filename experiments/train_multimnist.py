@@ -55,13 +55,17 @@ def build(args) -> MultiMnistBenchmark:
                 raise SystemExit(f"error: --weights W1 takes W1 in [0, 1], got {args.weights[0]}")
             args.tag = args.tag or preference_tag(args.weights[0], "w")
             args.weights = [args.weights[0], 1 - args.weights[0]]
-        elif len(args.weights) != 2:
-            raise SystemExit(f"error: --weights takes W1 or two weights, got {args.weights}")
+        elif len(args.weights) == 2 and min(args.weights) >= 0 and sum(args.weights) > 0:
+            args.tag = args.tag or preference_tag(args.weights[0] / sum(args.weights), "w")
+        else:
+            raise SystemExit(f"error: --weights takes W1 or two non-negative weights, got {args.weights}")
     if args.p is not None:
         if method != "auxinash":
             raise SystemExit("error: --p sets AuxiNash's bargaining powers: use it with --method auxinash")
         if len(args.p) == 1:
             args.tag = args.tag or preference_tag(args.p[0], "p")
+        elif len(args.p) == 2 and min(args.p) > 0:  # AuxiNash rescales p; the folder names p₁'s share
+            args.tag = args.tag or preference_tag(args.p[0] / sum(args.p), "p")
     preset = dict(PRESETS[args.preset])
     for key in preset:
         if getattr(args, key) is not None:

@@ -334,3 +334,17 @@ def test_missing_mnist_exits_with_message(tmp_path, capsys):
         train_multimnist.main(["--data-root", str(tmp_path), "--cache-root", str(tmp_path / "c"), "--preset", "tiny",
                                "--out", str(tmp_path / "r"), "--device", "cpu"])
     assert caught.value.code == 2 and "no MNIST" in capsys.readouterr().err
+
+
+def test_two_value_preferences_name_the_share_and_resume_is_exact(tmp_path):
+    write_mnist(str(tmp_path / "raw"), 0, 10_000)
+    common = ["--data-root", str(tmp_path), "--cache-root", str(tmp_path / "cache"), "--preset", "tiny",
+              "--n-train", "100", "--n-val", "20", "--n-test", "20", "--epochs", "3", "--batch-size", "20",
+              "--device", "cpu", "--log-level", "WARNING", "--method", "auxinash", "--p", "1", "3"]
+    whole = train_multimnist.main(common + ["--out", str(tmp_path / "a")])
+    assert whole.endswith(os.path.join("auxinash_p0.25", "main-left", "seed0"))  # (1, 3) → p₁ = 0.25
+    parted = train_multimnist.main(common + ["--out", str(tmp_path / "b"), "--stop-after", "1"])
+    assert not os.path.exists(os.path.join(parted, "status.json"))
+    parted = train_multimnist.main(common + ["--out", str(tmp_path / "b"), "--resume"])
+    a, b = (pd.read_csv(os.path.join(d, "metrics.csv")).drop(columns="seconds") for d in (whole, parted))
+    pd.testing.assert_frame_equal(a, b)  # an interrupted run ends exactly where an uninterrupted one does
