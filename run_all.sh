@@ -11,11 +11,13 @@
 #   ./run_all.sh --tables             # tables and figures from whatever has finished
 #
 # Options:
-#   --benchmarks "nyuv2 cityscapes cifar10_ssl toy"   which benchmarks (default: all four)
+#   --benchmarks "nyuv2 cityscapes cifar10_ssl multimnist toy"   which benchmarks (default: all five)
 #   --methods "stl equal pcgrad cagrad nashmtl gcs olaux auxilearn auxinash"
 #   --seeds "0 1 2"                   seeds (default: 0 1 2; --quick: 0)
 #   --ablations                       add the ablation runs (fixed p, learning rate of p, held-out aux set)
-#   --nyuv2-root DIR --cityscapes-root DIR --cifar10-root DIR   (or NYUV2_ROOT, CITYSCAPES_ROOT, CIFAR10_ROOT)
+#   --nyuv2-root DIR --cityscapes-root DIR --cifar10-root DIR --mnist-root DIR
+#                                     (or NYUV2_ROOT, CITYSCAPES_ROOT, CIFAR10_ROOT, MNIST_ROOT; MULTIMNIST_PRESET=cpu
+#                                     for the CPU preset of Multi-MNIST)
 #   --out DIR                         results root (default: results); logs in DIR/logs, named by run
 #   --device DEV                      torch device passed to every run (default: the scripts' choice)
 #   --force                           train every run again from scratch (old run folders are moved aside)
@@ -32,10 +34,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
-BENCHMARKS="nyuv2 cityscapes cifar10_ssl toy"
+BENCHMARKS="nyuv2 cityscapes cifar10_ssl multimnist toy"
 METHODS="stl equal pcgrad cagrad nashmtl gcs olaux auxilearn auxinash"
 MULTI_TASK=" equal pcgrad cagrad nashmtl "
-SEEDS=""
+SEEDS="" SEEDS_GIVEN=0
 ABLATIONS=0 QUICK=0 DRY=0 FORCE="" STATUS=0 TABLES=0 INCLUDE_UNFINISHED=""
 SWEEP=(--launcher sequential)
 OUT=results
@@ -43,11 +45,12 @@ DEVICE=""
 NYUV2_ROOT=${NYUV2_ROOT:-data_cache/nyuv2}
 CITYSCAPES_ROOT=${CITYSCAPES_ROOT:-data_cache/cityscapes}
 CIFAR10_ROOT=${CIFAR10_ROOT:-data_cache/cifar10}
+MNIST_ROOT=${MNIST_ROOT:-data_cache/mnist}
 while [ $# -gt 0 ]; do
   case "$1" in
     --benchmarks) BENCHMARKS="$2"; shift 2 ;;
     --methods) METHODS="$2"; shift 2 ;;
-    --seeds) SEEDS="$2"; shift 2 ;;
+    --seeds) SEEDS="$2"; SEEDS_GIVEN=1; shift 2 ;;
     --ablations) ABLATIONS=1; shift ;;
     --quick) QUICK=1; shift ;;
     --dry-run) DRY=1; shift ;;
@@ -57,13 +60,14 @@ while [ $# -gt 0 ]; do
     --nyuv2-root) NYUV2_ROOT="$2"; shift 2 ;;
     --cityscapes-root) CITYSCAPES_ROOT="$2"; shift 2 ;;
     --cifar10-root) CIFAR10_ROOT="$2"; shift 2 ;;
+    --mnist-root) MNIST_ROOT="$2"; shift 2 ;;
     --launcher|--jobs|--gpus|--partition|--gpus-per-run|--cpus-per-run|--mem|--time|--account|--qos|--max-parallel)
       [ $# -ge 2 ] || { echo "$1 needs a value (see --help)" >&2; exit 2; }
       SWEEP+=("$1" "$2"); shift 2 ;;
     --status) STATUS=1; shift ;;
     --tables) TABLES=1; shift ;;
     --include-unfinished) INCLUDE_UNFINISHED="--include-unfinished"; shift ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -133,9 +137,31 @@ for benchmark in $BENCHMARKS; do
       for seed in $SEEDS; do for labels in $CIFAR_LABELS; do for method in $METHODS; do
         add "experiments/train_cifar_ssl.py --data-root $CIFAR10_ROOT $CIFAR_SETTINGS --n-labeled $labels --method $method --seed $seed"
       done; done; done ;;
+    multimnist)  # Figure 2: AuxiNash over 11 fixed p1 and LS over 11 weights (first seed), Nash-MTL over 11 seeds
+      mnist_root=$MNIST_ROOT
+      found=""
+      for folder in "$mnist_root" "$mnist_root/raw" "$mnist_root/MNIST/raw"; do
+        if compgen -G "$folder/t10k-images-idx3-ubyte*" >/dev/null; then found=1; fi
+      done
+      if [ -z "$found" ] && [ "$LIST_ONLY" = 0 ]; then
+        echo "SKIPPED multimnist: no MNIST IDX files under $mnist_root (--mnist-root or MNIST_ROOT; see README, section Data)" >&2
+        SKIPPED=$((SKIPPED + 1)); continue
+      fi
+      preset=${MULTIMNIST_PRESET:-$([ "$QUICK" = 1 ] && echo tiny || echo paper)}  # paper, cpu or tiny
+      script="experiments/train_multimnist.py --data-root $mnist_root --preset $preset"
+      first_seed=${SEEDS%% *}
+      for method in $METHODS; do
+        case "$method" in
+          auxinash) for p in 0.01 0.1 0.2 0.25 0.4 0.5 0.6 0.75 0.8 0.9 0.99; do
+                      add "$script --method auxinash --p $p --seed $first_seed"; done ;;
+          nashmtl) for seed in 0 1 2 3 4 5 6 7 8 9 10; do add "$script --method nashmtl --seed $seed"; done ;;
+          equal) for w in 0.01 0.1 0.2 0.25 0.4 0.5 0.6 0.75 0.8 0.9 0.99; do
+                   add "$script --method ls --weights $w --seed $first_seed"; done ;;
+        esac
+      done ;;
     toy)  # one invocation for every seed (its table is mean ± std over them); 5 seeds unless --seeds or --quick
       toy_seeds=$SEEDS
-      if [ "$QUICK" = 0 ] && [ "$SEEDS" = "0 1 2" ]; then toy_seeds="0 1 2 3 4"; fi
+      if [ "$QUICK" = 0 ] && [ "$SEEDS_GIVEN" = 0 ]; then toy_seeds="0 1 2 3 4"; fi
       RUNS+=("$PYTHON experiments/train_toy.py $TOY_SETTINGS --methods $METHODS --seeds $toy_seeds --out $OUT $FORCE") ;;
     *) echo "unknown benchmark: $benchmark" >&2; exit 2 ;;
   esac

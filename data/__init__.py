@@ -1,8 +1,12 @@
-"""The one place the benchmark scripts get their data from: NYUv2, Cityscapes, semi-supervised CIFAR-10."""
+"""The one place the benchmark scripts get their data from: NYUv2, Cityscapes, semi-supervised CIFAR-10,
+Multi-MNIST."""
 from .cifar import CifarSSL, read_cifar10
 from .cityscapes import detect_layout, load_cityscapes
 from .common import DatasetNotFoundError, MalformedDatasetError, make_loader, meta_val_split, set_epoch
+from .mnist import read_idx, read_mnist
+from .multimnist import OFFLINE_NOTE, MultiMnist, PairSpec
 from .nyuv2 import load_nyuv2
 
 __all__ = ["CifarSSL", "read_cifar10", "load_cityscapes", "detect_layout", "load_nyuv2", "DatasetNotFoundError",
-           "MalformedDatasetError", "make_loader", "meta_val_split", "set_epoch"]
+           "MalformedDatasetError", "make_loader", "meta_val_split", "set_epoch", "read_idx", "read_mnist",
+           "OFFLINE_NOTE", "MultiMnist", "PairSpec"]

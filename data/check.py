@@ -3,6 +3,7 @@
     python -m data.check nyuv2 --root ROOT
     python -m data.check cityscapes --root ROOT
     python -m data.check cifar10 --root ROOT
+    python -m data.check multimnist --root MNIST_ROOT [--cache-root DIR]   (builds the pair cache if absent)
 
 Reads every file through the same loaders the training scripts use, checks shapes, dtypes and value ranges
 (finite values, images in [0, 1], labels in [−1, C−1], depth / disparity ≥ 0 or the invalid marker, normals unit
@@ -77,7 +78,32 @@ def summarise_dense(dataset: DenseDataset, expected_count: int, no_ignore: tuple
     return lines
 
 
-def check(name: str, root: str) -> None:
+def check_multimnist(root: str, cache_root: str, counts=None) -> None:
+    """Build (or read) the Multi-MNIST pair cache (the paper's counts, or ``counts`` = (train, val, test)) and
+    check its invariants."""
+    from .multimnist import CANVAS, DIGIT, PairSpec, load_or_build
+    spec = PairSpec() if counts is None else PairSpec(n_train=counts[0], n_val=counts[1], n_test=counts[2])
+    arrays, meta = load_or_build(root, cache_root, spec=spec)
+    print(f"source: {meta['source']} ({meta['note']}); shift {meta['shift']}, seed {meta['seed']}")
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        sources, corners = arrays[f"{split}_sources"], arrays[f"{split}_corners"]
+        if np.any(sources[:, 0] == sources[:, 1]):
+            raise MalformedDatasetError(f"{split}: a pair repeats one digit image; delete the cache to rebuild it")
+        if corners.min() < 0 or corners.max() > CANVAS - DIGIT:
+            raise MalformedDatasetError(f"{split}: digit corners outside the {CANVAS}×{CANVAS} canvas")
+        histograms = [" ".join(str(n) for n in np.bincount(labels[:, k], minlength=10)) for k in range(2)]
+        print(f"[{split}] {len(images)} pairs {images.shape[1:]} {images.dtype}, pixel range [{images.min()}, "
+              f"{images.max()}]; top-left digits {histograms[0]}; bottom-right digits {histograms[1]}")
+    if meta["source"] == "test-digits":
+        shared = np.intersect1d(arrays["train_sources"], arrays["test_sources"])
+        if shared.size:
+            raise MalformedDatasetError(f"{shared.size} digit images appear in both training and test pairs")
+        print(f"training pairs use {np.unique(arrays['train_sources']).size} digits, test pairs "
+              f"{np.unique(arrays['test_sources']).size}; none shared")
+
+
+def check(name: str, root: str, cache_root: str = "data_cache/multimnist", counts=None) -> None:
     if name == "nyuv2":
         for split, expected in nyuv2.SPLITS.items():
             print(f"[{split}]")
@@ -93,6 +119,8 @@ def check(name: str, root: str) -> None:
             print(f"[{split}]")
             for key, line in summarise_dense(cityscapes.load_cityscapes(root, split), expected, no_ignore).items():
                 print(f"  {key}: {line}")
+    elif name == "multimnist":
+        check_multimnist(root, cache_root, counts)
     else:
         arrays = cifar.read_cifar10(root)
         for split in ("train", "test"):
@@ -105,11 +133,14 @@ def check(name: str, root: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", choices=["nyuv2", "cityscapes", "cifar10"])
-    parser.add_argument("--root", required=True, help="the dataset's root folder")
+    parser.add_argument("name", choices=["nyuv2", "cityscapes", "cifar10", "multimnist"])
+    parser.add_argument("--root", required=True, help="the dataset's root folder (multimnist: MNIST's)")
+    parser.add_argument("--cache-root", default="data_cache/multimnist", help="multimnist: the pair cache")
+    parser.add_argument("--pairs", type=int, nargs=3, default=None, metavar=("TRAIN", "VAL", "TEST"),
+                        help="multimnist: pair counts (default: the paper's 120000 12000 20000)")
     args = parser.parse_args(argv)
     try:
-        check(args.name, args.root)
+        check(args.name, args.root, args.cache_root, args.pairs)
     except (DatasetNotFoundError, MalformedDatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ Only finished runs are drawn unless ``--include-unfinished``; the runs left out 
   the weights α (bottom) over training, one panel per main task (as the paper's Figure 4); seed 0.
 - ``<benchmark>_curves.png``: each task's first test metric over training for every method, from the run
   whose main task it is (or the multi-task run); seed 0.
+- ``multimnist_figure2.png``: the paper's Figure 2 (``experiments/figures_multimnist.py``).
 The illustrative example draws its own figure (``experiments/train_toy.py``).
 """
 from __future__ import annotations
@@ -104,12 +105,14 @@ def make_figures(results: str = "results", include_unfinished: bool = False) -> 
     os.makedirs(out, exist_ok=True)
     written = []
     benchmarks = sorted({os.path.basename(os.path.dirname(os.path.dirname(p)))
-                         for p in glob.glob(os.path.join(results, "*", "*", "main-*"))} - {"toy"})
+                         for p in glob.glob(os.path.join(results, "*", "*", "main-*"))} - {"toy", "multimnist"})
     for benchmark in benchmarks:
         for name, draw in (("auxinash_weights", weights_figure), ("curves", curves_figure)):
             path = os.path.join(out, f"{benchmark}_{name}.png")
             if draw(results, benchmark, path, include_unfinished):
                 written.append(path)
+    from experiments.figures_multimnist import draw_figure  # Multi-MNIST's Figure 2
+    written += draw_figure(results)
     return written
 
 

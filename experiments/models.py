@@ -278,3 +278,37 @@ class SharedLinear(MultiTaskModel):
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         prediction = x @ self.weight
         return {name: prediction for name in self.task_names}
+
+
+class MultiLeNet(MultiTaskModel):
+    """The LeNet variant of Multi-MNIST (the paper's Sec. 6.2: three convolutional layers, then two fully
+    connected ones): a shared trunk conv5×5(10) → pool → conv5×5(20) → pool → conv3×3(40, padding 1) →
+    fc(50), ReLU after each, and per task a linear head 50 → 10 (the second fully connected layer).
+
+    The paper does not give the layers' sizes. The channel doubling 10 → 20 → 40, the 50-unit hidden layer and
+    the linear per-task heads follow the LeNet target network of Pareto HyperNetworks (Navon et al. 2021,
+    AvivNavon/pareto-hypernetworks ``experiments/multimnist/models.py``, ``n_conv_layers`` convolutions of
+    ``2**i * 10`` channels then a 50-unit layer) and the 5×5 kernels Sener & Koltun's MultiLeNet
+    (isl-org/MultiObjectiveOptimization ``multi_task/models/multi_lenet.py``); our choice: a third 3×3
+    convolution that keeps the 4×4 map. Input: 1×28×28.
+    """
+
+    def __init__(self, tasks: Mapping[str, int], width: float = 1.0) -> None:
+        super().__init__()
+        c1, c2, c3, hidden = (scaled(c, width) for c in (10, 20, 40, 50))
+        self.conv1, self.conv2 = nn.Conv2d(1, c1, 5), nn.Conv2d(c1, c2, 5)
+        self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)
+        self.fc = nn.Linear(c3 * 4 * 4, hidden)
+        self.heads = nn.ModuleDict({name: nn.Linear(hidden, classes) for name, classes in tasks.items()})
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (28, 28):
+            raise ValueError(f"MultiLeNet takes 28×28 images, got {tuple(x.shape[-2:])}")
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.relu(self.conv3(x))
+        return torch.relu(self.fc(x.flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        features = self.encode(x)
+        return {name: head(features) for name, head in self.heads.items()}

@@ -1,5 +1,7 @@
-"""Equal weighting (linear scalarisation, LS): the update is the gradient of Σ_k L_k."""
+"""Equal weighting (linear scalarisation, LS): the update is the gradient of Σ_k w_k L_k, w_k = 1 by default."""
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import torch
 
@@ -7,9 +9,21 @@ from .base import FixedWeightMethod
 
 
 class Equal(FixedWeightMethod):
-    """Σ_k L_k: every task, main or auxiliary, with weight 1."""
+    """Σ_k w_k L_k: every task, main or auxiliary, with weight 1, or with fixed ``weights`` (linear
+    scalarisation with a preference, e.g. (w₁, 1 − w₁) on Multi-MNIST)."""
 
     uses_main_task = False  # a multi-task method: one model serves every task
 
+    def __init__(self, n_tasks: int, main_task: int = 0, device: torch.device | str | None = None,
+                 weights: Optional[Sequence[float]] = None) -> None:
+        super().__init__(n_tasks, main_task, device)
+        if weights is not None:
+            weights = [float(w) for w in weights]
+            if len(weights) != n_tasks or any(not w >= 0 for w in weights) or sum(weights) <= 0:
+                raise ValueError(f"weights must be {n_tasks} non-negative numbers, not all zero; got {weights}")
+        self.weights = weights
+
     def task_weights(self) -> torch.Tensor:
-        return torch.ones(self.n_tasks, device=self.device)
+        if self.weights is None:
+            return torch.ones(self.n_tasks, device=self.device)
+        return torch.tensor(self.weights, dtype=torch.float32, device=self.device)

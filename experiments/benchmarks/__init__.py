@@ -5,8 +5,9 @@ losses of a batch and evaluates. The loop never asks which benchmark it runs.
 from .base import Batch, Benchmark, is_synthetic
 from .cifar_ssl import CIFAR_TASKS, VIEW_OF_TASK, CifarSSLBenchmark
 from .dense import CITYSCAPES_TASKS, NYUV2_TASKS, DenseBenchmark, cityscapes_benchmark, nyuv2_benchmark
+from .multimnist import MULTIMNIST_TASKS, MultiMnistBenchmark
 from .toy import ToyBenchmark
 
 __all__ = ["Batch", "Benchmark", "is_synthetic", "CIFAR_TASKS", "VIEW_OF_TASK", "CifarSSLBenchmark",
            "CITYSCAPES_TASKS", "NYUV2_TASKS", "DenseBenchmark", "cityscapes_benchmark", "nyuv2_benchmark",
-           "ToyBenchmark"]
+           "ToyBenchmark", "MULTIMNIST_TASKS", "MultiMnistBenchmark"]
