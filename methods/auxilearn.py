@@ -93,10 +93,9 @@ class AuxiLearn(WeightMethod):
     def meta_update(self, compute_losses, train_batch, val_batch, shared_parameters) -> Dict[str, torch.Tensor]:
         shared = list(shared_parameters)
         val_loss = compute_losses(val_batch)[self.main_task]
-        train_loss = self.network(compute_losses(train_batch))
         parameters = list(self.network.parameters())
-        hypergradients = implicit_hypergradient(val_loss, train_loss, shared, parameters,
-                                                self.neumann_terms, self.neumann_scale)
+        hypergradients = implicit_hypergradient(val_loss, lambda: self.network(compute_losses(train_batch)), shared,
+                                                parameters, self.neumann_terms, self.neumann_scale)
         self.optimizer.zero_grad(set_to_none=True)
         for parameter, gradient in zip(parameters, hypergradients):
             parameter.grad = gradient.detach()
