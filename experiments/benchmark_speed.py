@@ -157,7 +157,7 @@ def measure_workload(work: Workload, label: str, steps: int, warmup: int, meta_s
     rows = []
     floor_equal = timed(work.equal_step, steps, warmup, device)
     floors = timed_alternately({"loop": work.k_gradient_step, "batched": lambda: work.k_gradient_step("batched")},
-                               steps, warmup, device)
+                               steps, max(warmup, 1), device)  # at least one warm-up: the denominators
     floor = floors["loop"]
     rows.append({"workload": label, "item": "floor: forward + 1 backward + Adam (equal)", "ms": floor_equal})
     rows.append({"workload": label, "item": "floor: forward + K gradients + Adam", "ms": floor})
@@ -238,7 +238,7 @@ def expected_minutes(equal_ms: float, steps: int, warmup: int, meta_steps: int, 
                      methods: List[str]) -> float:
     """Rough duration of one workload from one equal-weighting step: on the CPU run of 2026-11-22 a method
     step averaged ≈ 1.8 equal steps (3 for the K-gradient floors) and a meta-update ≈ 11."""
-    step_calls = (warmup + steps) * (1 + 2 * 3 + 1.8 * len(methods))
+    step_calls = (warmup + steps) * (1 + 1.8 * len(methods)) + (max(warmup, 1) + steps) * 2 * 3
     meta_calls = (meta_warmup + meta_steps) * 11 * (2 * ("auxinash" in methods) + ("auxilearn" in methods))
     return equal_ms * (step_calls + meta_calls + len(implicit.HVP_MODES)) / 60000
 
@@ -248,16 +248,16 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--quick", action="store_true",
-                        help="every workload, method and meta-update timed once after one warm-up call, at half "
-                             "the default width; Nash solver with fewer repeats (a few minutes on a 2-core CPU); "
-                             "writes <device>_quick.csv")
+                        help="every workload, method and meta-update timed once (no warm-up except for the "
+                             "K-gradient floors), at half the default width; Nash solver with fewer repeats (a few "
+                             "minutes on an idle 2-core CPU); writes <device>_quick.csv")
     parser.add_argument("--width", type=float, default=None,
                         help="model width multiplier (default: 1 on CUDA, 0.25 on CPU; half that with --quick)")
     parser.add_argument("--image-size", type=int, nargs=2, default=[288, 384], help="NYUv2 image size")
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[2, 8], help="NYUv2 batch sizes (none: skip)")
     parser.add_argument("--cifar-batch", type=int, default=128, help="labelled (= unlabelled) CIFAR images")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 CUDA, 5 CPU, 1 quick)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 3, 1 quick)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 3, 0 quick)")
     parser.add_argument("--meta-steps", type=int, default=None, help="timed meta-updates (default: 3, 1 quick)")
     parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES)
     parser.add_argument("--skip-solver", action="store_true")
@@ -274,7 +274,7 @@ def main(argv=None) -> pd.DataFrame:
     full_width = args.width if args.width is not None else default_width  # the same command without --quick
     full_steps = 20 if device.type == "cuda" else 5
     steps = args.steps or (1 if args.quick else full_steps)
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    warmup = args.warmup if args.warmup is not None else (0 if args.quick else 3)
     meta_steps = args.meta_steps or (1 if args.quick else 3)
     meta_warmup = 0 if args.quick else 1
 

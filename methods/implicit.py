@@ -114,7 +114,10 @@ def forward_over_reverse(
     """d/dε ∇_wrt L(θ + ε t) at ε = 0, for θ = ``parameters`` and t = ``tangents``: one forward pass of
     ``loss_function`` with the tangents on θ, one backward pass; with ``wrt`` = θ it is the product H t.
 
-    The parameters must be leaf tensors that ``loss_function`` reads; their values are left unchanged.
+    The parameters must be leaf tensors that ``loss_function`` reads. They are written in place with their own
+    values (that is how they get the tangent), so their values are unchanged but their version counters move:
+    a graph built before the call that saved them cannot be backpropagated after it (take such gradients first,
+    as ``implicit_hypergradient`` does with ∇_θ L_V).
     """
     parameters, wrt = list(parameters), list(wrt)
     with fwAD.dual_level():
