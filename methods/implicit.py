@@ -178,22 +178,22 @@ def implicit_hypergradient(
 
 
 def _forward_hypergradient(val_gradient, train_loss, parameters, hyper_parameters, terms, scale):
-    """The reverse mode's estimate with every product forward-over-reverse; module buffers and the random
-    state of the first evaluation of the training loss are reused by the later ones."""
+    """The reverse mode's estimate with every product forward-over-reverse. The first evaluation of the
+    training loss updates the module buffers (as the reverse mode's single evaluation does); the later ones
+    replay its random state and leave the buffers as it left them."""
     states = _rng_states({p.device for p in parameters})
     evaluations = 0
 
     def evaluate():
         nonlocal evaluations
-        if evaluations == 0:
-            evaluations += 1
-            return train_loss()
-        _set_rng_states(states)
+        if evaluations:
+            _set_rng_states(states)
+        evaluations += 1
         return train_loss()
 
     with contextlib.ExitStack() as later:
         def product(tangents, wrt):
-            if evaluations == 1:  # buffers as the first evaluation left them, for every later one
+            if evaluations == 1:  # entered once, just before the second evaluation; restores on exit
                 later.enter_context(frozen_buffers())
             return forward_over_reverse(evaluate, parameters, tangents, wrt)
 

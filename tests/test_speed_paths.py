@@ -262,3 +262,16 @@ def test_forward_mode_needs_a_loss_function():
         implicit_hypergradient((w ** 2).sum(), phi * (w ** 3).sum(), [w], [phi], hvp="forward")
     with pytest.raises(ValueError, match="choose one of"):
         implicit_hypergradient((w ** 2).sum(), lambda: phi * (w ** 3).sum(), [w], [phi], hvp="fast")
+
+
+def test_frozen_buffers_restores_batch_norm_statistics():
+    bn = nn.BatchNorm1d(3).train()
+    x = torch.randn(8, 3) + 2.0
+    bn(x)  # outside: updated
+    mean, count = bn.running_mean.clone(), bn.num_batches_tracked.item()
+    with frozen_buffers():
+        bn(x)
+        bn(x + 1.0)
+        assert not torch.equal(bn.running_mean, mean)  # inside, the statistics move as usual
+    assert torch.equal(bn.running_mean, mean) and bn.num_batches_tracked.item() == count == 1
+    torch.testing.assert_close(mean, 0.1 * x.mean(0))  # momentum 0.1 from zeros, by hand
