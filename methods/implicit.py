@@ -36,9 +36,10 @@ import torch.autograd.forward_ad as fwAD
 
 HVP_MODES = ("reverse", "forward")
 DEFAULT_HVP_MODE = "reverse"
-"""The mode used when ``hvp`` is None. Reverse: on the project's 2-core CPU the AuxiNash meta-update took 1.26×
-(SegNet width 0.25, batch 2) and 1.31× (WRN-28-2 width 0.25, CIFAR batch) longer with ``"forward"``, timed
-alternately (``results/speed/cpu_modes.csv``); one product alone: 7.4 s forward against 5.3 s double backward.
+"""The mode used when ``hvp`` is None. Reverse: on the project's 2-core CPU the AuxiNash meta-update took
+1.03–1.50× as long with ``"forward"`` (SegNet batch 2 and 8, WRN-28-2 with the CIFAR batch, timed alternately;
+``results/speed/cpu.csv``, ``cpu_modes.csv``, ``cpu_quick.csv``); one product alone on SegNet width 0.25,
+batch 2: 7.4 s forward against 5.3 s double backward.
 On an H100 the public code's numbers point the other way (../shared/PERF_NOTES.md: 97 ms against 356 ms per
 product); that is not measured here, so time ``benchmark_speed.py`` on the GPU before switching."""
 
