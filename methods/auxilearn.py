@@ -124,10 +124,12 @@ class AuxiLearn(WeightMethod):
         self.network.clamp_()  # the main optimiser may have moved it (train_on_loss)
         shared = list(shared_parameters)
         val_loss = compute_losses(val_batch)[self.main_task]
-        train_loss = self.network(self._network_input(compute_losses(train_batch)))
         parameters = list(self.network.parameters())
-        hypergradients = implicit_hypergradient(val_loss, train_loss, shared, parameters,
-                                                self.neumann_terms, self.neumann_scale)
+        def train_loss():
+            return self.network(self._network_input(compute_losses(train_batch)))
+
+        hypergradients = implicit_hypergradient(val_loss, train_loss, shared, parameters, self.neumann_terms,
+                                                self.neumann_scale)
         self.optimizer.zero_grad(set_to_none=True)
         for parameter, gradient in zip(parameters, hypergradients):
             parameter.grad = gradient.detach()

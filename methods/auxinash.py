@@ -10,7 +10,8 @@ Bargaining power (Sec. 4, Alg. 1): every ``meta_update`` call (the loop calls it
     dL_V/dp = dL_V/dα · dα/dp,    dα/dp = (M + diag(p/α²))⁻¹ diag(1/α),
     dL_V/dα_k = −∇_θ L_Vᵀ H⁻¹ g_k                     (implicit differentiation through θ*(α)),
 
-with H⁻¹ by a truncated Neumann series (3 terms, scale 1e-4, ``implicit``), the Gram matrix M and α of the
+with H⁻¹ by a truncated Neumann series (3 terms, scale 1e-4, ``implicit``; ``hvp`` picks how its
+Hessian-vector products are computed), the Gram matrix M and α of the
 last solve, L_V the main-task loss on a meta-validation batch, and H the Hessian of Σ_k α_k L_k on a training
 batch, over the shared parameters. The hypergradient is clipped to norm 1, p takes an SGD step (lr 5e-3,
 momentum 0.9), is clamped at ≥ 1e-4 and rescaled to sum to K: the official code's defaults.
@@ -54,6 +55,7 @@ class AuxiNash(GradientMethod):
         hypergrad_clip: float = 1.0,
         min_p: float = 1e-4,
         solver: str = "newton",
+        hvp: Optional[str] = None,
     ) -> None:
         super().__init__(n_tasks, main_task, device)
         if solver not in SOLVERS:
@@ -70,6 +72,7 @@ class AuxiNash(GradientMethod):
         self.hypergrad_clip = hypergrad_clip
         self.min_p = min_p
         self.solver = solver
+        self.hvp = hvp  # Hessian-vector products: "reverse", "forward" or None (``implicit.DEFAULT_HVP_MODE``)
         self._cvxpy: Optional[CvxpyNashSolver] = None
         initial = torch.ones(n_tasks, dtype=torch.float64) if p is None else torch.as_tensor(p, dtype=torch.float64)
         if initial.shape != (n_tasks,) or not torch.all(initial > 0):
@@ -128,10 +131,9 @@ class AuxiNash(GradientMethod):
         """dL_V/dp (times 1/neumann_scale, see ``implicit``), float64 on the CPU, before clipping."""
         shared = list(shared_parameters)
         val_loss = compute_losses(val_batch)[self.main_task]
-        train_losses = compute_losses(train_batch)
-        alpha = self.alpha.to(train_losses.device, train_losses.dtype).clone().requires_grad_(True)
-        (d_alpha,) = implicit_hypergradient(val_loss, (alpha * train_losses).sum(), shared, [alpha],
-                                            self.neumann_terms, self.neumann_scale)
+        alpha = self.alpha.to(val_loss.device, val_loss.dtype).clone().requires_grad_(True)
+        (d_alpha,) = implicit_hypergradient(val_loss, lambda: (alpha * compute_losses(train_batch)).sum(), shared,
+                                            [alpha], self.neumann_terms, self.neumann_scale, hvp=self.hvp)
         dalpha_dp = nash_alpha_derivative(self.gram.numpy(), self.p.numpy(), self.alpha.numpy())
         return d_alpha.detach().cpu().double() @ torch.from_numpy(dalpha_dp)
 

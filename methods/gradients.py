@@ -4,13 +4,20 @@ Every gradient-based method (Nash-MTL, AuxiNash, GCS, OL-AUX, PCGrad, CAGrad) ne
 g_k = ∇L_k of the shared parameters (or of the shared representation) exactly once per step. They are
 stacked into a K × P matrix so that the Gram matrix and any combination Σ_k w_k g_k are single matrix
 products; the combination is then written straight into ``.grad``: no second backward pass of a weighted loss.
+
+The K gradients come from K backward passes, as in every peer (official AuxiNash ``AvivSham/auxinash``,
+Nash-MTL ``AvivNavon/nash-mtl``: one ``torch.autograd.grad`` per task), or optionally from one vectorised
+backward pass (``mode="batched"``): the same vector-Jacobian products, batched by vmap.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,25 +43,70 @@ def flatten(tensors: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]
     return torch.cat([(t if t is not None else torch.zeros_like(x)).reshape(-1) for t, x in zip(tensors, like)])
 
 
+GRADIENT_MODES = ("loop", "batched")
+DEFAULT_GRADIENT_MODE = "loop"
+"""K backward passes by default: on the project's 2-core CPU the batched backward was no faster (0.99–1.37× the
+K passes' step time over SegNet batch 2 and 8 and WRN-28-2 with the CIFAR batch, timed alternately;
+``results/speed/cpu.csv``, ``cpu_modes.csv``, ``cpu_quick.csv``). ``batched`` gives the same gradients (tests/test_speed_paths.py); choose it
+per call (``mode=``) or for every method by setting this attribute, e.g. on a GPU after timing it there."""
+
+_logged_fallbacks: set = set()
+
+
 def per_task_gradients(
     losses: torch.Tensor,
     shared: Sequence[torch.Tensor],
     task_specific: Sequence[torch.Tensor] = (),
+    mode: str | None = None,
 ) -> TaskGradients:
-    """Compute ∇L_k for every k with one backward pass each (the graph is kept until the last one).
+    """Compute ∇L_k for every k, as K backward passes (``mode="loop"``) or one batched backward ("batched").
 
     ``shared`` is a list of shared parameters, or a one-element list holding the shared representation.
+    ``mode`` None means ``DEFAULT_GRADIENT_MODE``. "batched" runs ``torch.autograd.grad`` once with the K unit
+    vectors as a batch of output gradients (``is_grads_batched=True``: a vmap over the backward pass, the
+    same products as the K passes); where an op of the backward pass has no batching rule it falls back to
+    the K passes and logs the reason once. The graph of ``losses`` is kept either way.
     """
+    mode = DEFAULT_GRADIENT_MODE if mode is None else mode
+    if mode not in GRADIENT_MODES:
+        raise ValueError(f"unknown per-task gradient mode {mode!r}; choose one of {GRADIENT_MODES}")
+    if losses.dim() != 1:
+        raise ValueError(f"losses must be the 1-D tensor of the K task losses, got shape {tuple(losses.shape)}")
     inputs = list(shared) + list(task_specific)
     n_shared = len(shared)
-    rows_shared, rows_specific = [], []
-    for k in range(len(losses)):
-        grads = torch.autograd.grad(losses[k], inputs, retain_graph=True, allow_unused=True)
-        rows_shared.append(flatten(grads[:n_shared], inputs[:n_shared]))
-        rows_specific.append(flatten(grads[n_shared:], inputs[n_shared:]))
+    rows_shared = rows_specific = None
+    if mode == "batched":
+        try:
+            rows_shared, rows_specific = _batched_rows(losses, inputs, n_shared)
+        except RuntimeError as error:  # an op of the backward pass that vmap cannot batch
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            if reason not in _logged_fallbacks:
+                _logged_fallbacks.add(reason)
+                log.warning("batched per-task gradients unavailable, using %d backward passes: %s",
+                            len(losses), reason[:200])
+    if rows_shared is None:
+        rows_shared, rows_specific = [], []
+        for k in range(len(losses)):
+            grads = torch.autograd.grad(losses[k], inputs, retain_graph=True, allow_unused=True)
+            rows_shared.append(flatten(grads[:n_shared], inputs[:n_shared]))
+            rows_specific.append(flatten(grads[n_shared:], inputs[n_shared:]))
+        rows_shared, rows_specific = torch.stack(rows_shared), (torch.stack(rows_specific) if task_specific else None)
     device = losses.device
-    specific = torch.stack(rows_specific) if task_specific else torch.zeros(len(losses), 0, device=device)
-    return TaskGradients(shared=torch.stack(rows_shared), task_specific=specific)
+    specific = rows_specific if task_specific else torch.zeros(len(losses), 0, device=device)
+    return TaskGradients(shared=rows_shared, task_specific=specific)
+
+
+def _batched_rows(losses: torch.Tensor, inputs: Sequence[torch.Tensor], n_shared: int):
+    """K × P and K × Q gradient matrices from one vmapped backward pass (rows of unused inputs are zeros)."""
+    k = len(losses)
+    basis = torch.eye(k, dtype=losses.dtype, device=losses.device)
+    grads = torch.autograd.grad(losses, inputs, grad_outputs=basis, retain_graph=True, allow_unused=True,
+                                is_grads_batched=True)
+    columns = [(g if g is not None else torch.zeros((k, *x.shape), dtype=x.dtype, device=x.device)).reshape(k, -1)
+               for g, x in zip(grads, inputs)]
+    shared = torch.cat(columns[:n_shared], dim=1) if n_shared else losses.new_zeros(k, 0)
+    specific = torch.cat(columns[n_shared:], dim=1) if len(inputs) > n_shared else None
+    return shared, specific
 
 
 def write_grad(parameters: Sequence[torch.Tensor], flat: torch.Tensor) -> None:

@@ -11,13 +11,39 @@ the sum WITHOUT the leading factor η, so the hypergradients built on it are the
 a constant factor that the meta learning rate and the hypergradient clipping absorb, kept so that the
 official defaults (η = 1e-4, J = 3, meta lr 5e-3, clipping) mean what they mean there.
 
-Hessian-vector products are exact: reverse-over-reverse through a gradient built with ``create_graph``.
+Hessian-vector products are exact, by one of two modes (``hvp``):
+
+* ``"reverse"`` (reverse-over-reverse, the official AuxiNash / AuxiLearn code, ``implicit_diff/implicit_diff.py``
+  of AvivSham/auxinash): one backward pass with ``create_graph`` builds ∇_θ L_T, then every product H v and the
+  mixed term vᵀ ∂²L_T/∂θ∂φ is a backward pass through that gradient (double backward);
+* ``"forward"`` (forward-over-reverse, a named deviation): the parameters θ carry the tangent v
+  (``torch.autograd.forward_ad``), the training loss is evaluated again and differentiated once in reverse
+  mode; the tangent of ∇_θ L_T is H v and the tangent of ∇_φ L_T is the mixed term. It needs the training
+  loss as a function (re-evaluated J + 1 times, with the random state and the module buffers of the first
+  evaluation: batch-norm running statistics are updated once, as in the reverse mode) and no double backward.
+
+The tangent is put on the parameters in place rather than through ``torch.func.functional_call``, because the
+meta-update interface hands over a loss function and the parameter list, not the module; both modes give the
+same products (``tests/test_speed_paths.py``: float64, relative difference ≤ 1e-10).
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+import contextlib
+from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 import torch
+import torch.autograd.forward_ad as fwAD
+
+HVP_MODES = ("reverse", "forward")
+DEFAULT_HVP_MODE = "reverse"
+"""The mode used when ``hvp`` is None. Reverse: on the project's 2-core CPU the AuxiNash meta-update took
+1.03–1.50× as long with ``"forward"`` (SegNet batch 2 and 8, WRN-28-2 with the CIFAR batch, timed alternately;
+``results/speed/cpu.csv``, ``cpu_modes.csv``, ``cpu_quick.csv``); one product alone on SegNet width 0.25,
+batch 2: 7.4 s forward against 5.3 s double backward.
+On an H100 the public code's numbers point the other way (../shared/PERF_NOTES.md: 97 ms against 356 ms per
+product); that is not measured here, so time ``benchmark_speed.py`` on the GPU before switching."""
+
+TrainLoss = Union[torch.Tensor, Callable[[], torch.Tensor]]
 
 
 def neumann_series(
@@ -31,34 +57,147 @@ def neumann_series(
 
     Multiply by ``scale`` for an estimate of H⁻¹v.
     """
+    def hessian_vector(current):
+        products = torch.autograd.grad(train_gradient, parameters, grad_outputs=current, retain_graph=True,
+                                       allow_unused=True)
+        return [h if h is not None else torch.zeros_like(c) for h, c in zip(products, current)]
+
+    return _neumann(vector, hessian_vector, terms, scale)
+
+
+def _neumann(vector, hessian_vector, terms: int, scale: float) -> List[torch.Tensor]:
     current = [v.detach() for v in vector]
     total = [v.clone() for v in current]
     for _ in range(terms):
-        hessian_vector = torch.autograd.grad(train_gradient, parameters, grad_outputs=current,
-                                             retain_graph=True, allow_unused=True)
-        current = [c - scale * (h if h is not None else torch.zeros_like(c))
-                   for c, h in zip(current, hessian_vector)]
+        current = [c - scale * h for c, h in zip(current, hessian_vector(current))]
         total = [t + c for t, c in zip(total, current)]
     return total
 
 
+@contextlib.contextmanager
+def frozen_buffers() -> Iterator[None]:
+    """Restore, on exit, every buffer of every module that runs a forward pass inside the block.
+
+    Batch-norm running statistics (and ``num_batches_tracked``) thus keep the values they had on entry.
+    """
+    saved = {}
+
+    def remember(module, _inputs):
+        if id(module) not in saved:
+            saved[id(module)] = (module, {name: b.detach().clone() for name, b in module._buffers.items()
+                                          if b is not None})
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(remember)
+    try:
+        yield
+    finally:
+        handle.remove()
+        with torch.no_grad():
+            for module, buffers in saved.values():
+                for name, value in buffers.items():
+                    module._buffers[name].copy_(value)
+
+
+def _rng_states(devices) -> tuple:
+    cuda = [d for d in devices if d.type == "cuda"]
+    return torch.get_rng_state(), [(d, torch.cuda.get_rng_state(d)) for d in cuda]
+
+
+def _set_rng_states(states) -> None:
+    cpu, cuda = states
+    torch.set_rng_state(cpu)
+    for device, state in cuda:
+        torch.cuda.set_rng_state(state, device)
+
+
+def forward_over_reverse(
+    loss_function: Callable[[], torch.Tensor],
+    parameters: Sequence[torch.Tensor],
+    tangents: Sequence[torch.Tensor],
+    wrt: Sequence[torch.Tensor],
+) -> List[torch.Tensor]:
+    """d/dε ∇_wrt L(θ + ε t) at ε = 0, for θ = ``parameters`` and t = ``tangents``: one forward pass of
+    ``loss_function`` with the tangents on θ, one backward pass; with ``wrt`` = θ it is the product H t.
+
+    The parameters must be leaf tensors that ``loss_function`` reads. They are written in place with their own
+    values (that is how they get the tangent), so their values are unchanged but their version counters move:
+    a graph built before the call that saved them cannot be backpropagated after it (take such gradients first,
+    as ``implicit_hypergradient`` does with ∇_θ L_V).
+    """
+    parameters, wrt = list(parameters), list(wrt)
+    with fwAD.dual_level():
+        with torch.no_grad():
+            for parameter, tangent in zip(parameters, tangents):
+                parameter.copy_(fwAD.make_dual(parameter.detach().clone(), tangent.detach().to(parameter.dtype)))
+        loss = loss_function()
+        gradients = torch.autograd.grad(loss, wrt, allow_unused=True)
+        products = []
+        for gradient, target in zip(gradients, wrt):
+            tangent = None if gradient is None else fwAD.unpack_dual(gradient).tangent
+            products.append(torch.zeros_like(target) if tangent is None else tangent.detach().clone())
+    return products
+
+
 def implicit_hypergradient(
     val_loss: torch.Tensor,
-    train_loss: torch.Tensor,
+    train_loss: TrainLoss,
     parameters: Sequence[torch.Tensor],
     hyper_parameters: Sequence[torch.Tensor],
     terms: int = 3,
     scale: float = 1e-4,
+    hvp: Optional[str] = None,
 ) -> List[torch.Tensor]:
-    """Estimate (1) times 1/scale: −(Neumann series of ∇_θ L_V)ᵀ ∂²L_T/∂θ∂φ for each hyper-parameter φ."""
-    parameters = list(parameters)
+    """Estimate (1) times 1/scale: −(Neumann series of ∇_θ L_V)ᵀ ∂²L_T/∂θ∂φ for each hyper-parameter φ.
+
+    ``train_loss`` is the training loss L_T(θ, φ), or a function without arguments that computes it (needed
+    by ``hvp="forward"``, which evaluates it ``terms`` + 1 times). ``hvp`` None means ``DEFAULT_HVP_MODE``;
+    a tensor ``train_loss`` always uses the reverse mode.
+    """
+    mode = DEFAULT_HVP_MODE if hvp is None else hvp
+    if mode not in HVP_MODES:
+        raise ValueError(f"unknown Hessian-vector product mode {hvp!r}; choose one of {HVP_MODES}")
+    if isinstance(train_loss, torch.Tensor):
+        if hvp == "forward":
+            raise TypeError("hvp='forward' re-evaluates the training loss: pass it as a function without "
+                            "arguments (e.g. lambda: compute_losses(batch).sum()), not as a tensor")
+        mode = "reverse"
+    parameters, hyper_parameters = list(parameters), list(hyper_parameters)
     val_gradient = torch.autograd.grad(val_loss, parameters, allow_unused=True)
     val_gradient = [g if g is not None else torch.zeros_like(p) for g, p in zip(val_gradient, parameters)]
+    if mode == "forward":
+        return _forward_hypergradient(val_gradient, train_loss, parameters, hyper_parameters, terms, scale)
+    if not isinstance(train_loss, torch.Tensor):
+        train_loss = train_loss()
     train_gradient = torch.autograd.grad(train_loss, parameters, create_graph=True, allow_unused=True)
     used = [i for i, g in enumerate(train_gradient) if g is not None]
     train_gradient = [train_gradient[i] for i in used]
     used_parameters = [parameters[i] for i in used]
     inverse_hvp = neumann_series([val_gradient[i] for i in used], train_gradient, used_parameters, terms, scale)
-    mixed = torch.autograd.grad(train_gradient, list(hyper_parameters), grad_outputs=inverse_hvp,
+    mixed = torch.autograd.grad(train_gradient, hyper_parameters, grad_outputs=inverse_hvp,
                                 allow_unused=True)
     return [-(m if m is not None else torch.zeros_like(h)) for m, h in zip(mixed, hyper_parameters)]
+
+
+def _forward_hypergradient(val_gradient, train_loss, parameters, hyper_parameters, terms, scale):
+    """The reverse mode's estimate with every product forward-over-reverse. The first evaluation of the
+    training loss updates the module buffers (as the reverse mode's single evaluation does); the later ones
+    replay its random state and leave the buffers as it left them."""
+    states = _rng_states({p.device for p in parameters})
+    evaluations = 0
+
+    def evaluate():
+        nonlocal evaluations
+        if evaluations:
+            _set_rng_states(states)
+        evaluations += 1
+        return train_loss()
+
+    with contextlib.ExitStack() as later:
+        def product(tangents, wrt):
+            if evaluations == 1:  # entered once, just before the second evaluation; restores on exit
+                later.enter_context(frozen_buffers())
+            return forward_over_reverse(evaluate, parameters, tangents, wrt)
+
+        inverse_hvp = _neumann(val_gradient, lambda current: product(current, parameters), terms, scale)
+        mixed = product(inverse_hvp, hyper_parameters)
+    return [-m for m in mixed]

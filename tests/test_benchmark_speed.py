@@ -5,20 +5,28 @@ import pandas as pd
 
 from experiments import benchmark_speed
 
+TINY = ["--device", "cpu", "--width", "0.0625", "--image-size", "32", "64", "--batch-sizes", "2", "--cifar-batch", "2"]
 
-def test_benchmark_speed_output_format(tmp_path, capsys):
-    frame = benchmark_speed.main(["--device", "cpu", "--width", "0.0625", "--image-size", "32", "64",
-                                  "--batch-sizes", "2", "--cifar-batch", "2", "--steps", "1", "--warmup", "0",
-                                  "--meta-steps", "1", "--methods", "equal", "auxinash", "auxilearn",
-                                  "--out", str(tmp_path)])
-    written = pd.read_csv(os.path.join(tmp_path, "cpu.csv"))
+
+def test_quick_benchmark_covers_every_method_and_writes_its_table(tmp_path, capsys):
+    frame = benchmark_speed.main(TINY + ["--quick", "--out", str(tmp_path)])
+    assert not os.path.exists(tmp_path / "cpu.csv")  # the quick run keeps its own file
+    written = pd.read_csv(os.path.join(tmp_path, "cpu_quick.csv"))
     assert len(written) == len(frame)
+    for name in benchmark_speed.METHOD_NAMES:
+        assert (written["item"] == f"step: {name}").sum() == 2  # both workloads
     items = set(written["item"])
-    assert {"floor: forward + K gradients + Adam", "step: auxinash", "meta-update: auxinash",
-            "amortised step (meta every 25): auxinash", "K=2", "K=10"} <= items
+    assert {"floor: forward + K gradients + Adam", "floor: forward + K gradients (one batched backward) + Adam",
+            "meta-update: auxinash", "meta-update: auxilearn", "amortised step (meta every 25): auxinash",
+            "K=2", "K=10"} <= items
+    assert any(item.startswith("meta-update: auxinash (hvp=") for item in items)
     solver = written[written.workload == "Nash solver"]
     assert (solver["residual"] <= 1e-8).all() and (solver["speedup"] > 0).all()
     floor = written[written["item"] == "floor: forward + K gradients + Adam"]
     assert (floor["ratio_to_floor"] == 1).all()
+    alternative = written[written["item"].str.contains(r"batched|hvp=", regex=True)]
+    assert len(alternative) == 4 and (alternative["ratio_to_default"] > 0).all()
+    assert set(written["hvp_mode"].dropna()) <= {"reverse", "forward"}
     printed = capsys.readouterr().out
     assert "× K-gradient floor" in printed and "| K | ours (ms) | CVXPY (ms)" in printed
+    assert "expected duration on this machine now: full run" in printed and "quick=True" in printed
