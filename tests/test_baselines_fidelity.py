@@ -5,7 +5,8 @@ peer's own definition:
   ``ol_aux_weight_loss``, ``SSL/train.py``, ``SSL/config.py``) and in Lin et al.'s accumulated form;
 - CAGrad's update scaled by K (AvivSham/auxinash ``methods/weight_methods.py``, Cranial-XIX/CAGrad);
 - AuxiLearn with float64 losses and with ``--auxilearn-train-on-loss`` (the official AuxiNash trainer);
-- ``--meta-batches official`` (the official hyperstep's fresh training batches);
+- ``--meta-batches official`` (the official hyperstep's fresh training batches) on the toy example, NYUv2,
+  semi-supervised CIFAR-10 and Multi-MNIST;
 - the tables' caption.
 """
 import os
