@@ -364,28 +364,37 @@ class CifarSSL:
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         self.generator.set_state(state["generator"])
 
-    def _draw(self, pool: str, count: int) -> torch.Tensor:
+    def _draw(self, pool: str, count: int, generator: Optional[torch.Generator] = None,
+              distinct: bool = False) -> torch.Tensor:
+        """``count`` positions of ``pool``: with replacement (the training stream), or ``distinct`` (the first
+        ``count`` of a fresh permutation), drawn with ``generator`` (default: the data's own)."""
+        generator = self.generator if generator is None else generator
         positions = self.positions[pool]
-        return positions[torch.randint(0, len(positions), (count,), generator=self.generator, device=self.device)]
+        if distinct:
+            return positions[torch.randperm(len(positions), generator=generator, device=self.device)[:count]]
+        return positions[torch.randint(0, len(positions), (count,), generator=generator, device=self.device)]
 
-    def make_batch(self, labeled: torch.Tensor, unlabeled: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        """The training batch of the given image positions (see the module docstring)."""
+    def make_batch(self, labeled: torch.Tensor, unlabeled: Optional[torch.Tensor] = None,
+                   generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+        """The training batch of the given image positions (see the module docstring); the legacy pipeline's
+        augmentation draws from ``generator`` (default: the data's own)."""
+        generator = self.generator if generator is None else generator
         positions = labeled if unlabeled is None else torch.cat([labeled, unlabeled])
         if self.pipeline == "arml":  # augmented in the forward passes (see the module docstring)
             self.whiten()
             labels = self.labels[positions].clone()
             labels[len(labeled):] = -1
             return {"image": self.images[positions], "label": labels}
-        pixels = crop_flip(self.images[positions].float() / 255.0, self.generator)
+        pixels = crop_flip(self.images[positions].float() / 255.0, generator)
         labels = self.labels[positions].clone()
         labels[len(labeled):] = -1
         batch = {"image": normalise(pixels), "label": labels}
         if "rotation" in self.tasks:
-            angles = torch.randint(0, 4, (len(positions),), generator=self.generator, device=self.device)
+            angles = torch.randint(0, 4, (len(positions),), generator=generator, device=self.device)
             batch["rotated"] = normalise(rotate_batch(pixels, angles))
             batch["rotation"] = angles
         if "exemplar" in self.tasks:
-            batch["view"], _ = exemplar_view(pixels, self.generator)
+            batch["view"], _ = exemplar_view(pixels, generator)
         return batch
 
     def train_batches(self, labeled_batch: int = 128, unlabeled_batch: int = 128) -> Iterator[Dict[str, torch.Tensor]]:
@@ -398,6 +407,22 @@ class CifarSSL:
         """Endless labelled batches for the meta-update (from the labelled train images unless held out)."""
         while True:
             yield self.make_batch(self._draw("meta_val", batch_size))
+
+    def fresh_batch(self, items: str, generator: torch.Generator, labeled_batch: int = 128,
+                    unlabeled_batch: int = 128) -> Dict[str, torch.Tensor]:
+        """A new batch drawn with ``generator`` alone (not the data's own, so the training stream is untouched):
+        ``items="train"``: shaped as ``train_batches``' (``labeled_batch`` labelled + ``unlabeled_batch`` images
+        of the train split, label −1), ``items="meta"``: ``labeled_batch`` labelled meta-validation images (the
+        held-out ones if any). Each part holds distinct images, the first batch of a fresh shuffle (ARML's
+        ``SSL/train.py`` ``RandomSampler`` samples without replacement); augmented as the training batches are
+        (the legacy pipeline here, the ARML pipeline in the forward pass)."""
+        if items == "train":
+            labeled = self._draw("labeled", labeled_batch, generator, distinct=True)
+            unlabeled = self._draw("train", unlabeled_batch, generator, distinct=True) if unlabeled_batch else None
+            return self.make_batch(labeled, unlabeled, generator)
+        if items == "meta":
+            return self.make_batch(self._draw("meta_val", labeled_batch, generator, distinct=True), None, generator)
+        raise ValueError(f"items must be 'train' or 'meta', got {items!r}")
 
     def eval_batches(self, split: str, batch_size: int = 1000) -> Iterator[Dict[str, torch.Tensor]]:
         """Un-augmented, normalised (or GCN + ZCA-whitened) batches of 'val' (the held-out 5,000) or 'test'."""

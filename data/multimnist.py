@@ -260,6 +260,15 @@ class MultiMnist:
             torch.randint(len(self.meta_val_index), (batch_size,), generator=self.generator)].to(self.device)
         return {k: v[picks] for k, v in self.train.items()}
 
+    def fresh_batch(self, items: str, batch_size: int) -> Dict[str, torch.Tensor]:
+        """``batch_size`` distinct pairs (the first batch of a fresh shuffle) of the training pairs (``"train"``)
+        or of the meta-validation pairs (``"meta"``), drawn with the meta generator (not the training stream's)."""
+        if items not in ("train", "meta"):
+            raise ValueError(f"items must be 'train' or 'meta', got {items!r}")
+        index = torch.from_numpy(self.train_index if items == "train" else self.meta_val_index)
+        picks = index[torch.randperm(len(index), generator=self.generator)[:batch_size]].to(self.device)
+        return {k: v[picks] for k, v in self.train.items()}
+
     def eval_batches(self, split: str, batch_size: int = 1024) -> Iterator[Dict[str, torch.Tensor]]:
         data = self.split(split)
         for start in range(0, len(data["image"]), batch_size):

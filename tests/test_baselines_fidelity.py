@@ -5,7 +5,8 @@ peer's own definition:
   ``ol_aux_weight_loss``, ``SSL/train.py``, ``SSL/config.py``) and in Lin et al.'s accumulated form;
 - CAGrad's update scaled by K (AvivSham/auxinash ``methods/weight_methods.py``, Cranial-XIX/CAGrad);
 - AuxiLearn with float64 losses and with ``--auxilearn-train-on-loss`` (the official AuxiNash trainer);
-- ``--meta-batches official`` (the official hyperstep's fresh training batches);
+- ``--meta-batches official`` (the official hyperstep's fresh training batches) on the toy example, NYUv2,
+  semi-supervised CIFAR-10 and Multi-MNIST;
 - the tables' caption.
 """
 import os
@@ -323,6 +324,186 @@ def test_meta_batches_official_on_dense_is_augmented_and_resumable(tmp_path):
         for key in a:
             torch.testing.assert_close(a[key], b[key])
     assert "fresh_rng" not in state  # nothing made before the first official draw
+
+
+# ... on semi-supervised CIFAR-10 and Multi-MNIST
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory):
+    from data import synthetic
+    return synthetic.write_cifar10(str(tmp_path_factory.mktemp("cifar") / "c"), per_batch=40, n_test=40)
+
+
+def cifar_bench(root, pipeline="arml", meta_val_size=0, seed=0, **kwargs):
+    from data import CifarSSL
+    from experiments.benchmarks import CifarSSLBenchmark
+    data = CifarSSL(root, n_labeled=50, val_size=50, meta_val_size=meta_val_size, seed=seed, pipeline=pipeline)
+    return CifarSSLBenchmark(data, iterations=6, eval_every=3, labeled_batch=4, unlabeled_batch=5, device="cpu",
+                             seed=seed, width=0.125, **kwargs)
+
+
+def positions_of(data, images):
+    """The training-image position each (un-augmented, ARML pipeline) batch image is stored at."""
+    flat = data.images.reshape(len(data.images), -1)
+    found = [torch.nonzero((flat == image.reshape(1, -1)).all(dim=1)).flatten().tolist() for image in images]
+    assert all(len(f) == 1 for f in found)  # each batch image is exactly one stored image
+    return [f[0] for f in found]
+
+
+@pytest.mark.parametrize("pipeline,rotation", [("arml", "random"), ("arml", "all4"), ("legacy", "random")])
+def test_meta_batches_official_on_cifar_draws_fresh_batches(cifar_root, pipeline, rotation):
+    bench = cifar_bench(cifar_root, pipeline, rotation=rotation)
+    bench.check_meta_batches("official")  # accepted at start-up
+    step_batch = next(iter(bench.round_batches(0)))
+    train_batch, val_batch = bench.meta_batches(step_batch, "official")
+    expected = {"image", "label"} if pipeline == "arml" else {"image", "label", "rotated", "rotation", "view"}
+    assert set(train_batch) == set(step_batch) == expected
+    for key in step_batch:  # shaped exactly as the step's batch: 4 labelled + 5 unlabelled
+        assert train_batch[key].shape == step_batch[key].shape and train_batch[key].dtype == step_batch[key].dtype
+    assert not torch.equal(train_batch["image"], step_batch["image"])
+    assert (train_batch["label"][:4] >= 0).all() and (train_batch["label"][4:] == -1).all()
+    assert set(val_batch) == expected and len(val_batch["label"]) == 4 and (val_batch["label"] >= 0).all()
+    if pipeline == "legacy":  # augmented here (zero-pad crop and flip): not the plain normalised stored image
+        from data.cifar import normalise
+        stored = normalise(bench.data.images.float() / 255.0)
+        assert not all(any(torch.equal(img, s) for s in stored) for img in train_batch["image"])
+        return
+    # ARML pipeline: un-augmented stored images; the labelled part distinct labelled images, then train-split ones
+    labeled, train = set(bench.data.splits.labeled.tolist()), set(bench.data.splits.train.tolist())
+    picked = positions_of(bench.data, train_batch["image"])
+    assert set(picked[:4]) <= labeled and len(set(picked[:4])) == 4
+    assert set(picked[4:]) <= train and len(set(picked[4:])) == 5
+    torch.testing.assert_close(train_batch["label"][:4], bench.data.labels[picked[:4]])
+    meta = positions_of(bench.data, val_batch["image"])
+    assert set(meta) <= labeled and len(set(meta)) == 4  # no held-out part: the labelled images themselves
+    torch.testing.assert_close(val_batch["label"], bench.data.labels[meta])
+
+
+def test_meta_batches_official_on_cifar_uses_the_held_out_images(cifar_root):
+    bench = cifar_bench(cifar_root, meta_val_size=10)
+    held_out, kept = set(bench.data.splits.meta_val.tolist()), set(bench.data.splits.labeled.tolist())
+    assert len(held_out) == 10 and not held_out & kept
+    seen = set()
+    for _ in range(5):
+        meta = positions_of(bench.data, bench.fresh_training_batch("meta")["image"])
+        assert set(meta) <= held_out and len(set(meta)) == 4
+        seen |= set(meta)
+        picked = positions_of(bench.data, bench.fresh_training_batch("train")["image"])
+        assert not set(picked[:4]) & held_out  # L_T's labelled images are never the held-out ones
+    assert len(seen) > 4  # fresh draws, not one fixed batch
+    with pytest.raises(ValueError, match="'train' or 'meta'"):
+        bench.fresh_training_batch("val")
+
+
+@pytest.mark.parametrize("pipeline", ["arml", "legacy"])
+def test_meta_batches_official_on_cifar_leaves_the_training_stream(cifar_root, pipeline):
+    """Fresh draws between the steps change none of the training batches (their own generator), and replay
+    exactly after a state round trip."""
+    drawing, plain = cifar_bench(cifar_root, pipeline), cifar_bench(cifar_root, pipeline)
+    fresh = []
+    for round_index in range(2):
+        for a, b in zip(drawing.round_batches(round_index), plain.round_batches(round_index), strict=True):
+            for key in a:
+                torch.testing.assert_close(a[key], b[key])
+            fresh.append(drawing.meta_batches(a, "official"))
+    state = drawing.state_dict()
+    assert not torch.equal(state["fresh_generator"], plain.state_dict()["fresh_generator"])
+    torch.testing.assert_close(state["generator"], plain.state_dict()["generator"])
+    again = cifar_bench(cifar_root, pipeline)
+    again.load_state_dict(state)
+    for a, b in zip(drawing.meta_batches(None, "official"), again.meta_batches(None, "official")):
+        for key in a:
+            torch.testing.assert_close(a[key], b[key])
+    assert not torch.equal(fresh[0][0]["image"], fresh[1][0]["image"])
+
+
+def test_meta_batches_official_on_cifar_run_keeps_the_stream(cifar_root, tmp_path, monkeypatch):
+    """In a whole run (meta-updates recorded, no forward pass of their own), the training batches are those of
+    the same run without meta-updates; every meta-update gets a fresh L_T batch, never the step's."""
+    from experiments import train_cifar_ssl
+    from experiments.benchmarks import CifarSSLBenchmark
+    recorder = Recorder()
+    monkeypatch.setattr(type(get_method("auxilearn", 3)), "meta_update", lambda self, *args: recorder(self, *args))
+    original = CifarSSLBenchmark.round_batches
+    seen = []
+
+    def recording_batches(self, round_index):
+        for batch in original(self, round_index):
+            seen.append(batch)
+            yield batch
+
+    monkeypatch.setattr(CifarSSLBenchmark, "round_batches", recording_batches)
+    args = ["--data-root", cifar_root, "--method", "auxilearn", "--iterations", "4", "--eval-every", "2",
+            "--labeled-batch", "4", "--unlabeled-batch", "4", "--width", "0.125", "--n-labeled", "50",
+            "--val-size", "50", "--log-level", "WARNING", "--meta-batches", "official"]
+    train_cifar_ssl.main([*args, "--meta-every", "1", "--out", str(tmp_path / "a")])
+    with_meta, calls = list(seen), list(recorder.calls)
+    seen.clear()
+    train_cifar_ssl.main([*args, "--meta-every", "100", "--out", str(tmp_path / "b")])
+    assert len(calls) == len(with_meta) == len(seen) == 4
+    for a, b, (train_batch, val_batch) in zip(with_meta, seen, calls):
+        assert train_batch is not a and set(train_batch) == set(a) and train_batch["image"].shape == a["image"].shape
+        assert not torch.equal(train_batch["image"], a["image"]) and (val_batch["label"] >= 0).all()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key])
+
+
+def test_meta_batches_official_on_cifar_resumes_exactly(cifar_root, tmp_path):
+    import pandas as pd
+
+    from experiments import train_cifar_ssl
+    args = ["--data-root", cifar_root, "--method", "auxinash", "--iterations", "4", "--eval-every", "2",
+            "--labeled-batch", "4", "--unlabeled-batch", "4", "--width", "0.125", "--n-labeled", "50",
+            "--val-size", "50", "--meta-every", "1", "--meta-val-size", "10", "--log-level", "WARNING"]
+    official = [*args, "--meta-batches", "official"]
+    straight = train_cifar_ssl.main([*official, "--out", str(tmp_path / "a")])
+    train_cifar_ssl.main([*official, "--out", str(tmp_path / "b"), "--stop-after", "1"])
+    resumed = train_cifar_ssl.main([*official, "--out", str(tmp_path / "b"), "--resume"])
+    step = train_cifar_ssl.main([*args, "--out", str(tmp_path / "c")])
+    a, b, c = (pd.read_csv(os.path.join(d, "metrics.csv")).drop(columns="seconds") for d in (straight, resumed, step))
+    assert len(a) == 6 and "p_cls" in a.columns
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.allclose(a.filter(like="p_").dropna().values, c.filter(like="p_").dropna().values)
+
+
+def test_meta_batches_official_on_multimnist(tmp_path):
+    import pandas as pd
+
+    from data.multimnist import MultiMnist, PairSpec
+    from experiments import train_multimnist
+    from experiments.benchmarks.multimnist import MultiMnistBenchmark
+    from tests.test_multimnist import write_mnist
+    write_mnist(str(tmp_path / "raw"), 0, 10_000)
+    spec = PairSpec(n_train=100, n_val=20, n_test=20)
+    data = MultiMnist(str(tmp_path), str(tmp_path / "cache"), spec, meta_val_size=10)
+    bench = MultiMnistBenchmark(data, epochs=1, batch_size=8, device="cpu", seed=0)
+    bench.check_meta_batches("official")
+    plain = list(bench.round_batches(0))
+    step_batch = plain[0]
+    train_batch, val_batch = bench.meta_batches(step_batch, "official")
+    assert set(train_batch) == set(step_batch) and train_batch["image"].shape == step_batch["image"].shape
+    assert not torch.equal(train_batch["image"], step_batch["image"])
+
+    def rows_of(images):  # the position in data.train of each batch image
+        flat = data.train["image"].reshape(len(data.train["image"]), -1)
+        return [torch.nonzero((flat == i.reshape(1, -1)).all(dim=1)).flatten().tolist()[0] for i in images]
+
+    held_out, kept = set(data.meta_val_index.tolist()), set(data.train_index.tolist())
+    assert not held_out & kept
+    assert set(rows_of(val_batch["image"])) <= held_out and len(set(rows_of(val_batch["image"]))) == 8
+    assert set(rows_of(train_batch["image"])) <= kept and len(set(rows_of(train_batch["image"]))) == 8
+    for a, b in zip(plain, bench.round_batches(0), strict=True):  # the stream is untouched by the draws
+        torch.testing.assert_close(a["image"], b["image"])
+    common = ["--data-root", str(tmp_path), "--cache-root", str(tmp_path / "cache"), "--preset", "tiny",
+              "--n-train", "100", "--n-val", "20", "--n-test", "20", "--epochs", "3", "--batch-size", "20",
+              "--device", "cpu", "--log-level", "WARNING", "--method", "auxinash", "--meta-every", "2",
+              "--meta-val-size", "10", "--meta-batches", "official"]
+    whole = train_multimnist.main(common + ["--out", str(tmp_path / "a")])
+    train_multimnist.main(common + ["--out", str(tmp_path / "b"), "--stop-after", "1"])
+    parted = train_multimnist.main(common + ["--out", str(tmp_path / "b"), "--resume"])
+    a, b = (pd.read_csv(os.path.join(d, "metrics.csv")).drop(columns="seconds") for d in (whole, parted))
+    assert any(c.startswith("p_") for c in a.columns)
+    pd.testing.assert_frame_equal(a, b)
 
 
 def test_meta_batches_official_refused_where_unsupported():

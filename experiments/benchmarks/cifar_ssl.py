@@ -46,6 +46,7 @@ CIFAR_TASKS = {
 
 VIEW_OF_TASK = {"rot": "rotated", "exemplar": "view"}  # legacy pipeline: the batch entry each auxiliary feeds
 ROTATIONS = ("random", "all4")
+FRESH_SEED_OFFSET = 1_000_003  # the fresh-batch generator's seed is seed + this (apart from the data's, seeded seed)
 
 
 class CifarSSLBenchmark(Benchmark):
@@ -72,6 +73,8 @@ class CifarSSLBenchmark(Benchmark):
         self.iterations, self.eval_every = iterations, eval_every
         self.rounds = math.ceil(iterations / eval_every)
         self.labeled_batch, self.unlabeled_batch = labeled_batch, unlabeled_batch
+        # draws the --meta-batches official batches; its own, so that the training stream (data.generator) is untouched
+        self.fresh_generator = torch.Generator(device=data.device).manual_seed(seed + FRESH_SEED_OFFSET)
 
     def build_model(self) -> MultiTaskModel:
         return CifarSSLNet(width=self.width, pipeline=self.pipeline)
@@ -82,6 +85,18 @@ class CifarSSLBenchmark(Benchmark):
 
     def meta_val_batch(self) -> Batch:
         return next(self.data.meta_val_batches(self.labeled_batch))
+
+    def fresh_training_batch(self, items: str = "train") -> Batch:
+        """For ``--meta-batches official`` (AvivSham/auxinash ``methods/auxinash/hyperstep.py`` ~27, ~42:
+        ``next(iter(loader))``, the first batch of a freshly shuffled loader): ``"train"``, a new batch shaped as
+        ``round_batches``' (``labeled_batch`` distinct labelled + ``unlabeled_batch`` distinct train-split images,
+        label −1 on the unlabelled part); ``"meta"``, ``labeled_batch`` distinct labelled meta-validation images
+        (the held-out ones with ``--meta-val-size``). Drawn with the benchmark's own ``fresh_generator`` (saved in
+        ``state_dict``), never the data's, so the training batches stay those of the same run without it. As the
+        training batches: with the ARML pipeline un-augmented here, augmented in each forward pass (``losses``,
+        with the data's generator, as every forward pass); with the legacy pipeline augmented here (with
+        ``fresh_generator``), with its rotated copies and Exemplar-MT views."""
+        return self.data.fresh_batch(items, self.fresh_generator, self.labeled_batch, self.unlabeled_batch)
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         """One ARML training augmentation (per forward pass), drawn from the data's generator."""
@@ -153,10 +168,12 @@ class CifarSSLBenchmark(Benchmark):
         return results
 
     def state_dict(self):
-        return self.data.state_dict()
+        return {**self.data.state_dict(), "fresh_generator": self.fresh_generator.get_state()}
 
     def load_state_dict(self, state):
         self.data.load_state_dict(state)
+        if "fresh_generator" in state:  # checkpoints written before it existed never drew with it
+            self.fresh_generator.set_state(state["fresh_generator"])
 
     def describe(self):
         s = self.data.splits

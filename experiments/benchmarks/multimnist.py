@@ -41,6 +41,14 @@ class MultiMnistBenchmark(Benchmark):
     def meta_val_batch(self) -> Batch:
         return self.data.meta_val_batch(self.batch_size)
 
+    def fresh_training_batch(self, items: str = "train") -> Batch:
+        """For ``--meta-batches official`` (AvivSham/auxinash ``methods/auxinash/hyperstep.py`` ~27, ~42: the
+        first batch of a freshly shuffled loader): ``batch_size`` distinct training pairs (``"train"``) or
+        meta-validation pairs (``"meta"``: the held-out ones with ``--meta-val-size``, else the training pairs);
+        no augmentation, as the training batches. Drawn with the data's meta generator (saved in
+        ``state_dict``); the training stream's order is a function of (seed, epoch) alone, so it is untouched."""
+        return self.data.fresh_batch(items, self.batch_size)
+
     def losses(self, model, batch):
         features = model.encode(batch["image"])
         losses = [t.loss(model.heads[t.name](features), batch[t.key]) for t in self.tasks]
