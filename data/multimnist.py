@@ -43,6 +43,7 @@ CANVAS, DIGIT, OUT = 36, 28, 28
 SOURCES = ("auto", "standard", "test-digits")
 OFFLINE_NOTE = "offline variant: pairs from the 10K MNIST test digits"
 OFFLINE_TRAIN_DIGITS = 8000  # of the 10K test digits, the training pool; the other 2K form the test pool
+SYNTHETIC_NOTE = "SYNTHETIC digits (data.synthetic.write_mnist), not MNIST; "  # prefixes the note of their pairs
 MEAN, STD = 0.1307, 0.3081  # MNIST normalisation (Sener & Koltun's loader)
 
 
@@ -176,8 +177,9 @@ def load_or_build(mnist_root: str, cache_root: str, source: str = "auto", spec: 
             os.replace(tmp, os.path.join(folder, f"{name}.npy"))
         meta = {"source": source, **asdict(spec), "canvas": CANVAS, "size": OUT,
                 "mnist_root": os.path.abspath(mnist_root), "synthetic": synthetic,
-                "note": OFFLINE_NOTE if source == "test-digits" else "standard: training pairs from the 60K "
-                        "training digits, test pairs from the 10K test digits"}
+                "note": (SYNTHETIC_NOTE if synthetic else "") + (
+                    OFFLINE_NOTE if source == "test-digits" else "standard: training pairs from the 60K "
+                    "training digits, test pairs from the 10K test digits")}
         with open(meta_path + ".tmp", "w") as f:
             json.dump(meta, f, indent=2)
         os.replace(meta_path + ".tmp", meta_path)

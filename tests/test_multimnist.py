@@ -392,6 +392,7 @@ def test_synthetic_mnist_is_the_release_format_and_a_tiny_sweep_runs_on_it(tmp_p
     config = json.load(open(os.path.join(run_dirs[0], "config.json")))
     tiny = train_multimnist.PRESETS["tiny"]
     assert config["synthetic_data"] is True and config["data_source"] == "standard"
+    assert config["data_note"].startswith(mm.SYNTHETIC_NOTE)  # not "the 60K training digits" alone
     assert (config["n_train"], config["n_val"]) == (tiny["n_train"] - tiny["n_val"], tiny["n_val"])
     make_tables.make_tables(results)
     make_figures.make_figures(results)
