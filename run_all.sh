@@ -2,7 +2,9 @@
 # Reproduce the paper's tables: every benchmark x method x main task x seed, then the tables and figures.
 #
 #   ./run_all.sh                      # the paper's settings (GPU), data roots from flags or environment
-#   ./run_all.sh --quick              # every run at tiny settings on synthetic layouts, CPU, ~10 minutes
+#   ./run_all.sh --quick              # every run at tiny settings on synthetic layouts, CPU, ~10 minutes;
+#                                     # Multi-MNIST: preset tiny on synthetic digits, p1 and w1 in 0.1 0.5 0.9,
+#                                     # Nash-MTL seeds 0 1 2 (9 runs instead of 33)
 #   ./run_all.sh --dry-run            # print the run list, one command line per run
 #   ./run_all.sh --launcher local --jobs 4        # 4 runs at a time on this machine, one GPU each if present
 #   ./run_all.sh --launcher slurm --partition gpu --gpus-per-run 1 --time 24:00:00 [--account A] [--qos Q] \
@@ -67,7 +69,7 @@ while [ $# -gt 0 ]; do
     --status) STATUS=1; shift ;;
     --tables) TABLES=1; shift ;;
     --include-unfinished) INCLUDE_UNFINISHED="--include-unfinished"; shift ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -81,18 +83,22 @@ LIST_ONLY=$DRY  # --dry-run and --status list every run, whether its data is her
 if [ "$QUICK" = 1 ]; then
   SEEDS=${SEEDS:-0}
   SYNTHETIC="$OUT/.synthetic"
-  if [ "$LIST_ONLY" = 0 ] && [ ! -e "$SYNTHETIC/nyuv2/SYNTHETIC" ]; then
+  if [ "$LIST_ONLY" = 0 ] && [ ! -e "$SYNTHETIC/mnist/SYNTHETIC" ]; then  # the MNIST marker is written last
     echo "quick mode: writing small synthetic datasets under $SYNTHETIC"
     $PYTHON -m data.synthetic --small "$SYNTHETIC"
   fi
   NYUV2_ROOT="$SYNTHETIC/nyuv2" CITYSCAPES_ROOT="$SYNTHETIC/cityscapes" CIFAR10_ROOT="$SYNTHETIC/cifar10"
+  MNIST_ROOT="$SYNTHETIC/mnist"
+  MULTIMNIST_SETTINGS="--cache-root $SYNTHETIC/multimnist_pairs"  # the pairs stay with the synthetic digits
+  PREFERENCES="0.1 0.5 0.9" NASH_SEEDS="0 1 2"
   DENSE_SETTINGS="--epochs 2 --width 0.0625 --batch-size 2 --workers 0 --meta-every 2"
   CIFAR_SETTINGS="--iterations 4 --eval-every 2 --labeled-batch 8 --unlabeled-batch 8 --width 0.125 --val-size 100 --meta-every 2"
   CIFAR_LABELS="100"
   TOY_SETTINGS="--epochs 50"
 else
   SEEDS=${SEEDS:-"0 1 2"}
-  DENSE_SETTINGS="" CIFAR_SETTINGS="" TOY_SETTINGS="" CIFAR_LABELS="5000 10000"
+  DENSE_SETTINGS="" CIFAR_SETTINGS="" TOY_SETTINGS="" CIFAR_LABELS="5000 10000" MULTIMNIST_SETTINGS=""
+  PREFERENCES="0.01 0.1 0.2 0.25 0.4 0.5 0.6 0.75 0.8 0.9 0.99" NASH_SEEDS="0 1 2 3 4 5 6 7 8 9 10"  # Figure 2
 fi
 
 RUNS=()
@@ -138,6 +144,7 @@ for benchmark in $BENCHMARKS; do
         add "experiments/train_cifar_ssl.py --data-root $CIFAR10_ROOT $CIFAR_SETTINGS --n-labeled $labels --method $method --seed $seed"
       done; done; done ;;
     multimnist)  # Figure 2: AuxiNash over 11 fixed p1 and LS over 11 weights (first seed), Nash-MTL over 11 seeds
+                 # (--quick: 3 of each, see the top)
       mnist_root=$MNIST_ROOT
       found=""
       for folder in "$mnist_root" "$mnist_root/raw" "$mnist_root/MNIST/raw"; do
@@ -148,14 +155,14 @@ for benchmark in $BENCHMARKS; do
         SKIPPED=$((SKIPPED + 1)); continue
       fi
       preset=${MULTIMNIST_PRESET:-$([ "$QUICK" = 1 ] && echo tiny || echo paper)}  # paper, cpu or tiny
-      script="experiments/train_multimnist.py --data-root $mnist_root --preset $preset"
+      script="experiments/train_multimnist.py --data-root $mnist_root --preset $preset $MULTIMNIST_SETTINGS"
       first_seed=${SEEDS%% *}
       for method in $METHODS; do
         case "$method" in
-          auxinash) for p in 0.01 0.1 0.2 0.25 0.4 0.5 0.6 0.75 0.8 0.9 0.99; do
+          auxinash) for p in $PREFERENCES; do
                       add "$script --method auxinash --p $p --seed $first_seed"; done ;;
-          nashmtl) for seed in 0 1 2 3 4 5 6 7 8 9 10; do add "$script --method nashmtl --seed $seed"; done ;;
-          equal) for w in 0.01 0.1 0.2 0.25 0.4 0.5 0.6 0.75 0.8 0.9 0.99; do
+          nashmtl) for seed in $NASH_SEEDS; do add "$script --method nashmtl --seed $seed"; done ;;
+          equal) for w in $PREFERENCES; do
                    add "$script --method ls --weights $w --seed $first_seed"; done ;;
         esac
       done ;;

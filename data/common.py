@@ -18,6 +18,14 @@ class MalformedDatasetError(ValueError):
     """A dataset file exists but does not hold what the layout promises."""
 
 
+SYNTHETIC_MARKER = "SYNTHETIC"  # the file data/synthetic.py leaves in every root it writes
+
+
+def is_synthetic(root: str) -> bool:
+    """Roots written by ``data.synthetic`` carry a SYNTHETIC marker."""
+    return os.path.exists(os.path.join(root, SYNTHETIC_MARKER))
+
+
 def require_dir(path: str, what: str, how_to_get: str) -> None:
     """Raise DatasetNotFoundError naming ``path``, the expected ``what`` and ``how_to_get`` it."""
     if not os.path.isdir(path):

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from .common import DatasetNotFoundError, MalformedDatasetError
+from .common import DatasetNotFoundError, MalformedDatasetError, is_synthetic
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -40,6 +40,13 @@ def raw_folder(root: str) -> Optional[str]:
                                             for n in os.listdir(candidate)):
             return candidate
     return None
+
+
+def is_synthetic_mnist(root: str) -> bool:
+    """Whether the MNIST files under ``root`` were written by ``data.synthetic.write_mnist``: its SYNTHETIC marker
+    lies in ``root`` or in the folder holding the IDX files (so ROOT and ROOT/MNIST/raw both tell)."""
+    folder = raw_folder(root) if os.path.isdir(root) else None
+    return is_synthetic(root) or (folder is not None and is_synthetic(folder))
 
 
 def find_file(folder: str, stem: str) -> str:

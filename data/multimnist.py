@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .common import DatasetNotFoundError, MalformedDatasetError
-from .mnist import HOW_TO_GET, available_splits, download_mnist, read_mnist
+from .mnist import HOW_TO_GET, available_splits, download_mnist, is_synthetic_mnist, read_mnist
 
 log = logging.getLogger("auxinash")
 
@@ -43,6 +43,7 @@ CANVAS, DIGIT, OUT = 36, 28, 28
 SOURCES = ("auto", "standard", "test-digits")
 OFFLINE_NOTE = "offline variant: pairs from the 10K MNIST test digits"
 OFFLINE_TRAIN_DIGITS = 8000  # of the 10K test digits, the training pool; the other 2K form the test pool
+SYNTHETIC_NOTE = "SYNTHETIC digits (data.synthetic.write_mnist), not MNIST; "  # prefixes the note of their pairs
 MEAN, STD = 0.1307, 0.3081  # MNIST normalisation (Sener & Koltun's loader)
 
 
@@ -126,8 +127,11 @@ def resolve_source(mnist_root: str, source: str) -> str:
     return source
 
 
-def cache_key(source: str, spec: PairSpec) -> str:
-    return f"{source}_train{spec.n_train}_val{spec.n_val}_test{spec.n_test}_shift{spec.shift}_seed{spec.seed}"
+def cache_key(source: str, spec: PairSpec, synthetic: bool = False) -> str:
+    """The cache folder's name; pairs of synthetic digits (``data.synthetic``) get their own, so that they are never
+    read back for the real MNIST at the same counts."""
+    key = f"{source}_train{spec.n_train}_val{spec.n_val}_test{spec.n_test}_shift{spec.shift}_seed{spec.seed}"
+    return key + ("_synthetic" if synthetic else "")
 
 
 def build_pairs(mnist_root: str, source: str, spec: PairSpec) -> Dict[str, np.ndarray]:
@@ -160,7 +164,8 @@ def load_or_build(mnist_root: str, cache_root: str, source: str = "auto", spec: 
     if download and not available_splits(mnist_root)["train"]:
         download_mnist(mnist_root)
     source = resolve_source(mnist_root, source)
-    folder = os.path.join(cache_root, cache_key(source, spec))
+    synthetic = is_synthetic_mnist(mnist_root)
+    folder = os.path.join(cache_root, cache_key(source, spec, synthetic))
     meta_path = os.path.join(folder, "meta.json")
     if not os.path.exists(meta_path):
         log.info("building Multi-MNIST pairs into %s", folder)
@@ -171,9 +176,10 @@ def load_or_build(mnist_root: str, cache_root: str, source: str = "auto", spec: 
             np.save(tmp, array)
             os.replace(tmp, os.path.join(folder, f"{name}.npy"))
         meta = {"source": source, **asdict(spec), "canvas": CANVAS, "size": OUT,
-                "mnist_root": os.path.abspath(mnist_root),
-                "note": OFFLINE_NOTE if source == "test-digits" else "standard: training pairs from the 60K "
-                        "training digits, test pairs from the 10K test digits"}
+                "mnist_root": os.path.abspath(mnist_root), "synthetic": synthetic,
+                "note": (SYNTHETIC_NOTE if synthetic else "") + (
+                    OFFLINE_NOTE if source == "test-digits" else "standard: training pairs from the 60K "
+                    "training digits, test pairs from the 10K test digits")}
         with open(meta_path + ".tmp", "w") as f:
             json.dump(meta, f, indent=2)
         os.replace(meta_path + ".tmp", meta_path)
@@ -222,6 +228,7 @@ class MultiMnist:
         from .common import meta_val_split
         arrays, self.meta = load_or_build(mnist_root, cache_root, source, spec, download)
         self.source = self.meta["source"]
+        self.synthetic = is_synthetic_mnist(mnist_root)  # digits written by data.synthetic (SYNTHETIC marker)
         self.device = torch.device(device)
         order = np.random.default_rng([spec.seed, 12]).permutation(spec.n_train)
         train_index, val_index = np.sort(order[spec.n_val:]), np.sort(order[:spec.n_val])

@@ -1,10 +1,11 @@
 """Tiny datasets written in exactly the real on-disk layouts (file names, shapes, dtypes, value ranges,
 ignore labels), so that tests and the quick mode of ``run_all.sh`` exercise the real loading code.
 
-    python -m data.synthetic ROOT          # ROOT/{nyuv2,cityscapes,cityscapes_mtan,cityscapes_raw,cifar10}
+    python -m data.synthetic ROOT     # ROOT/{nyuv2,cityscapes,cityscapes_mtan,cityscapes_raw,cifar10,mnist}
 
 The content is a smooth random scene per item from which every label is derived (segmentation from
 intensity bands, depth from a gradient, normals from the depth), so that a quick run has something to learn.
+MNIST's "digits" are ten fixed blobs, one per class, shifted and noised per image.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from typing import Tuple
 import numpy as np
 from PIL import Image
 
-from . import cityscapes, nyuv2
+from . import cityscapes, mnist, nyuv2
+from .common import SYNTHETIC_MARKER
 from .prepare import CONVENTIONS_FILE, LABEL_TO_TRAIN_ID, conventions_record
 
 
@@ -57,7 +59,7 @@ def _normals(depth: np.ndarray) -> np.ndarray:
 def mark_synthetic(root: str) -> str:
     """Leave the SYNTHETIC marker that makes result tables say 'synthetic smoke run'."""
     os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, "SYNTHETIC"), "w") as f:
+    with open(os.path.join(root, SYNTHETIC_MARKER), "w") as f:
         f.write("written by data/synthetic.py: random scenes, not the real dataset\n")
     return root
 
@@ -166,6 +168,32 @@ def write_cifar10(root: str, per_batch: int = 200, n_test: int = 200, seed: int 
     return mark_synthetic(root)
 
 
+def write_mnist(root: str, n_train: int = 600, n_test: int = 200, seed: int = 0) -> str:
+    """MNIST's release files under ``root/MNIST/raw`` (torchvision's layout, see ``data.mnist``): gzipped IDX
+    ``train-images-idx3-ubyte.gz`` (uint8 N×28×28), ``train-labels-idx1-ubyte.gz`` (uint8 N, digits 0..9) and the
+    same for ``t10k``. Class c's image is the c-th of ten fixed blobs (a thresholded smooth field in the central
+    20×20 box, as MNIST centres its digits there), shifted by up to 2 pixels, scaled and noised. Both splits are
+    written, so Multi-MNIST builds its pairs the standard way (training pairs from the training digits)."""
+    rng = np.random.default_rng(seed)
+    templates = np.zeros((10, 28, 28), dtype=np.float32)
+    for c in range(10):
+        field = _scene(rng, (20, 20))[..., 0]
+        templates[c, 4:24, 4:24] = field > np.quantile(field, 0.7)
+    folder = os.path.join(root, "MNIST", "raw")
+    os.makedirs(folder, exist_ok=True)
+    for split, count in (("train", n_train), ("test", n_test)):
+        labels = np.arange(count) % 10
+        rng.shuffle(labels)
+        shifts = rng.integers(-2, 3, size=(count, 2))
+        images = np.stack([np.roll(templates[c], tuple(s), axis=(0, 1)) for c, s in zip(labels, shifts)])
+        images = images * rng.uniform(0.7, 1.0, size=(count, 1, 1)) + rng.normal(0, 0.1, size=images.shape)
+        image_stem, label_stem = mnist.FILES[split]
+        mnist.write_idx(os.path.join(folder, image_stem + ".gz"), np.clip(images * 255, 0, 255).astype(np.uint8))
+        mnist.write_idx(os.path.join(folder, label_stem + ".gz"), labels.astype(np.uint8))
+    mark_synthetic(folder)
+    return mark_synthetic(root)
+
+
 def write_all(root: str, small: bool = False) -> None:
     """Every layout under ``root``; ``small`` shrinks the images (NYUv2 64×96, Cityscapes 32×64) for quick runs
     (SegNet needs sides divisible by 32)."""
@@ -174,6 +202,7 @@ def write_all(root: str, small: bool = False) -> None:
     write_cityscapes_mtan(os.path.join(root, "cityscapes_mtan"), shape=(32, 64) if small else cityscapes.SHAPE)
     write_cityscapes_raw(os.path.join(root, "cityscapes_raw"), shape=(256, 512) if small else (1024, 2048))
     write_cifar10(os.path.join(root, "cifar10"))
+    write_mnist(os.path.join(root, "mnist"))
 
 
 if __name__ == "__main__":

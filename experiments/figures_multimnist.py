@@ -73,7 +73,8 @@ def collect_points(results: str, finished_only: bool = True) -> pd.DataFrame:
                        "seed": int(config["seed"]), **point, "preset": config.get("preset", "?"),
                        "data_note": config.get("data_note", ""), "n_train": config.get("n_train"),
                        "n_val": config.get("n_val"), "n_test": config.get("n_test"), "epochs": config.get("epochs"),
-                       "device": config.get("device_name", "?")})
+                       "device": config.get("device_name", "?"),
+                       "synthetic": bool(config.get("synthetic_data"))})
     return pd.DataFrame(points)
 
 
@@ -111,6 +112,8 @@ def caption(points: pd.DataFrame) -> str:
         text += " " + "; ".join(notes) + "."
     if (points.preset != first.preset).any():
         text += " MIXED PRESETS: " + ", ".join(sorted(set(points.preset))) + "."
+    if points.synthetic.any():  # digits written by data.synthetic (as make_tables marks the other tables)
+        text = "SYNTHETIC SMOKE RUN, not comparable to the paper. " + text
     return text
 
 

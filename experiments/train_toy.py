@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 from experiments.benchmarks import ToyBenchmark  # noqa: E402
 from experiments.benchmarks.toy import DEFAULT_HARMFUL_NOISE, DEFAULT_META_VAL_SIZE  # noqa: E402
+from experiments.cli import non_negative_float, non_negative_int, positive_int  # noqa: E402
 from experiments.loop import TrainConfig, train  # noqa: E402
 from experiments.results_io import atomic_write  # noqa: E402
 from methods import METHOD_NAMES  # noqa: E402
@@ -201,28 +202,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES,
                         help="methods to train (default: all)")
     seeds = parser.add_mutually_exclusive_group()
-    seeds.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds, all in this run (default: 0)")
-    seeds.add_argument("--seed", type=int, default=None, help="one seed (same as --seeds K)")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs (paper: 1000)")
-    parser.add_argument("--harmful-noise", type=float, default=DEFAULT_HARMFUL_NOISE,
+    seeds.add_argument("--seeds", type=non_negative_int, nargs="+", default=None, help="seeds, all in this run (default: 0)")
+    seeds.add_argument("--seed", type=non_negative_int, default=None, help="one seed (same as --seeds K)")
+    parser.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="epochs (paper: 1000)")
+    parser.add_argument("--harmful-noise", type=non_negative_float, default=DEFAULT_HARMFUL_NOISE,
                         help="label noise std of the harmful auxiliary (not in the paper; ours: 5, the main "
                              "task's; 0.25 = the helpful auxiliary's)")
-    parser.add_argument("--meta-val-size", type=int, default=DEFAULT_META_VAL_SIZE,
+    parser.add_argument("--meta-val-size", type=non_negative_int, default=DEFAULT_META_VAL_SIZE,
                         help="held-out samples that p (AuxiNash) and the other meta-updates are learned on (ours: "
                              "1000); 0 draws the meta-validation batches from the training set")
-    parser.add_argument("--meta-every", type=int, default=25, help="steps between meta-updates (paper: 25)")
+    parser.add_argument("--meta-every", type=positive_int, default=25, help="steps between meta-updates (paper: 25)")
     parser.add_argument("--out", default="results", help="results root")
     parser.add_argument("--force", action="store_true", help="train again even where a run finished")
     args = parser.parse_args(argv)
     args.seeds = args.seeds if args.seeds is not None else [0 if args.seed is None else args.seed]
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds holds a seed twice: {args.seeds}")
-    if args.epochs < 1 or args.meta_every < 1:
-        parser.error("--epochs and --meta-every must be >= 1")
-    if not args.harmful_noise >= 0:
-        parser.error(f"--harmful-noise must be a std >= 0, got {args.harmful_noise}")
-    if args.meta_val_size < 0:
-        parser.error(f"--meta-val-size must be >= 0 (0: batches of the training set), got {args.meta_val_size}")
     args.methods = list(dict.fromkeys(args.methods))
     return args
 

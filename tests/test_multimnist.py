@@ -348,3 +348,72 @@ def test_two_value_preferences_name_the_share_and_resume_is_exact(tmp_path):
     parted = train_multimnist.main(common + ["--out", str(tmp_path / "b"), "--resume"])
     a, b = (pd.read_csv(os.path.join(d, "metrics.csv")).drop(columns="seconds") for d in (whole, parted))
     pd.testing.assert_frame_equal(a, b)  # an interrupted run ends exactly where an uninterrupted one does
+
+
+# -- the synthetic MNIST of data.synthetic (run_all.sh --quick) -------------------------------------------------
+
+def test_synthetic_mnist_is_the_release_format_and_a_tiny_sweep_runs_on_it(tmp_path):
+    from data import synthetic
+    root = synthetic.write_mnist(str(tmp_path / "mnist"), n_train=60, n_test=30)
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    assert sorted(os.listdir(raw)) == ["SYNTHETIC", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+                                       "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    for split, name, n in (("train", "train", 60), ("test", "t10k", 30)):
+        images, labels = mnist_io.read_mnist(root, split)
+        assert images.shape == (n, 28, 28) and images.dtype == np.uint8 and labels.dtype == np.int64
+        assert sorted(np.bincount(labels, minlength=10)) == [n // 10] * 10
+        # the bytes are the release's: the header written by hand, then the values
+        with gzip.open(raw / f"{name}-images-idx3-ubyte.gz", "rb") as f:
+            assert f.read() == idx_bytes(2051, images)
+        with gzip.open(raw / f"{name}-labels-idx1-ubyte.gz", "rb") as f:
+            assert f.read() == idx_bytes(2049, labels)
+    # the ten classes differ: each image is closer to its class mean than to any other class's mean
+    images, labels = mnist_io.read_mnist(root, "train")
+    means = np.stack([images[labels == c].astype(float).mean(0) for c in range(10)])
+    nearest = np.argmin(((images[:, None].astype(float) - means[None]) ** 2).sum((2, 3)), axis=1)
+    assert (nearest == labels).mean() > 0.9
+    assert mnist_io.is_synthetic_mnist(root) and mnist_io.is_synthetic_mnist(str(raw))
+    real = tmp_path / "real"
+    write_mnist(str(real / "MNIST" / "raw"), 60, 30)  # the same counts, no marker
+    assert not mnist_io.is_synthetic_mnist(str(real))
+    # pairs of synthetic digits are cached apart from those of real digits at the same counts
+    spec = mm.PairSpec(n_train=50, n_val=10, n_test=20)
+    assert mm.load_or_build(root, str(tmp_path / "cache"), spec=spec)[1]["synthetic"] is True
+    assert mm.load_or_build(str(real), str(tmp_path / "cache"), spec=spec)[1]["synthetic"] is False
+    assert sorted(os.listdir(tmp_path / "cache")) == [mm.cache_key("standard", spec),
+                                                     mm.cache_key("standard", spec) + "_synthetic"]
+
+    # the tiny preset's pair counts are built from these few digits (standard source), and the results say SYNTHETIC
+    results = str(tmp_path / "results")
+    common = ["--data-root", root, "--cache-root", str(tmp_path / "cache"), "--preset", "tiny", "--out", results,
+              "--device", "cpu", "--log-level", "WARNING"]
+    run_dirs = [train_multimnist.main(common + flags) for flags in (
+        ["--method", "auxinash", "--p", "0.5"], ["--method", "nashmtl"], ["--method", "ls", "--weights", "0.5"])]
+    config = json.load(open(os.path.join(run_dirs[0], "config.json")))
+    tiny = train_multimnist.PRESETS["tiny"]
+    assert config["synthetic_data"] is True and config["data_source"] == "standard"
+    assert config["data_note"].startswith(mm.SYNTHETIC_NOTE)  # not "the 60K training digits" alone
+    assert (config["n_train"], config["n_val"]) == (tiny["n_train"] - tiny["n_val"], tiny["n_val"])
+    make_tables.make_tables(results)
+    make_figures.make_figures(results)
+    text = open(os.path.join(results, "tables", "multimnist.md")).read()
+    assert text.startswith("SYNTHETIC SMOKE RUN") and "preset 'tiny'" in text
+    assert os.path.getsize(os.path.join(results, "figures", "multimnist_figure2.png")) > 10_000
+    # real digits: no SYNTHETIC in the caption
+    real_results = str(tmp_path / "real_results")
+    train_multimnist.main(["--data-root", str(real), "--cache-root", str(tmp_path / "cache"), "--preset", "tiny",
+                           "--out", real_results, "--device", "cpu", "--log-level", "WARNING", "--method", "nashmtl"])
+    assert "SYNTHETIC" not in open(figures_multimnist.write_table(real_results)[0]).read()
+
+
+def test_run_all_quick_lists_a_short_multimnist_sweep_on_synthetic_digits():
+    lines = subprocess.run(["bash", "run_all.sh", "--quick", "--dry-run", "--out", "/somewhere"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    multi = [line for line in lines if "train_multimnist.py" in line]
+    assert len(multi) == 9 and all("--data-root /somewhere/.synthetic/mnist --preset tiny" in line for line in multi)
+    assert all("--cache-root /somewhere/.synthetic/multimnist_pairs" in line for line in multi)
+    for flag in ("--method auxinash --p", "--method ls --weights"):
+        assert sorted(line.split(flag)[1].split()[0] for line in multi if flag in line) == ["0.1", "0.5", "0.9"]
+    assert sorted(line.split("--seed")[1].split()[0] for line in multi if "nashmtl" in line) == ["0", "1", "2"]
+    for script in ("train_nyuv2.py", "train_cityscapes.py", "train_cifar_ssl.py", "train_toy.py"):
+        assert any(script in line for line in lines)  # and every other benchmark

@@ -153,3 +153,23 @@ def test_run_all_runs_the_toy_once_with_five_seeds():
     quick = subprocess.run(["bash", "run_all.sh", "--dry-run", "--quick", "--benchmarks", "toy"], cwd=root,
                            capture_output=True, text=True, check=True).stdout
     assert "--seeds 0 " in quick and "--epochs 50" in quick
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--epochs", "0"], "--epochs: must be > 0"),
+    (["--meta-every", "0"], "--meta-every: must be > 0"),
+    (["--harmful-noise", "-1"], "--harmful-noise: must be ≥ 0"),
+    (["--harmful-noise", "nan"], "--harmful-noise: must be ≥ 0"),
+    (["--meta-val-size", "-5"], "--meta-val-size: must be ≥ 0"),
+    (["--meta-val-size", "2.5"], "--meta-val-size: expected an integer"),
+    (["--seeds", "0", "-1"], "--seeds: must be ≥ 0"),
+    (["--seed", "x"], "--seed: expected an integer"),
+])
+def test_out_of_range_flags_exit_2_and_write_nothing(tmp_path, capsys, flags, words):
+    """Every numeric flag is range-checked by argparse (experiments/cli.py's types) before any run starts."""
+    out = tmp_path / "results"
+    with pytest.raises(SystemExit) as caught:
+        train_toy.main(flags + ["--epochs", "1"] * ("--epochs" not in flags) + ["--methods", "stl", "--out", str(out)])
+    assert caught.value.code == 2
+    assert words in capsys.readouterr().err
+    assert not out.exists()

@@ -1,21 +1,17 @@
 """The interface every benchmark implements for the shared loop (``experiments.loop.train``)."""
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Iterator, Tuple
 
 import torch
+
+from data.common import is_synthetic  # noqa: F401  (re-exported: the benchmarks' configs record it)
 
 from ..models import MultiTaskModel
 from ..tasks import Task
 
 Batch = Dict[str, torch.Tensor]
 META_BATCHES = ("step", "official")  # where a meta-update's L_T and L_V batches come from (Benchmark.meta_batches)
-
-
-def is_synthetic(root: str) -> bool:
-    """Roots written by ``data.synthetic`` carry a SYNTHETIC marker."""
-    return os.path.exists(os.path.join(root, "SYNTHETIC"))
 
 
 class Benchmark:

@@ -77,7 +77,7 @@ class MultiMnistBenchmark(Benchmark):
     def describe(self):
         meta = self.data.meta
         return {"preset": self.preset, "data_source": self.data.source, "data_note": self.data.note,
-                "synthetic_data": False, "n_train": len(self.data.train["image"]),
+                "synthetic_data": self.data.synthetic, "n_train": len(self.data.train["image"]),
                 "n_val": len(self.data.val["image"]), "n_test": len(self.data.test["image"]),
                 "pair_shift": meta["shift"], "pair_seed": meta["seed"], "epochs": self.epochs,
                 "batch_size": self.batch_size, "steps_per_epoch": math.ceil(len(self.data.train_index) / self.batch_size)}
