@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data.multimnist import SOURCES, MultiMnist, PairSpec  # noqa: E402
 from experiments.benchmarks import MultiMnistBenchmark  # noqa: E402
-from experiments.cli import base_parser, run  # noqa: E402
+from experiments.cli import base_parser, non_negative_int, positive_int, run  # noqa: E402
 from methods import canonical_name  # noqa: E402
 
 PRESETS = {
@@ -92,13 +92,13 @@ def main(argv=None) -> str:
                             "from the 10K test digits; auto: standard when the training digits are present")
     group.add_argument("--preset", default="paper", choices=sorted(PRESETS),
                        help="paper: 120K/20K pairs, 50 epochs; cpu: the reduced CPU sweep; tiny: tests")
-    group.add_argument("--n-train", type=int, default=None, help="training pairs incl. validation (preset)")
-    group.add_argument("--n-val", type=int, default=None, help="validation pairs held out of them (preset)")
-    group.add_argument("--n-test", type=int, default=None, help="test pairs (preset)")
-    group.add_argument("--epochs", type=int, default=None, help="epochs (preset)")
-    group.add_argument("--batch-size", type=int, default=None, help="batch size (preset)")
-    group.add_argument("--shift", type=int, default=2, help="largest random shift of each digit, pixels")
-    group.add_argument("--data-seed", type=int, default=0, help="seed of the pair construction (same for all runs)")
+    group.add_argument("--n-train", type=positive_int, default=None, help="training pairs incl. validation (preset)")
+    group.add_argument("--n-val", type=positive_int, default=None, help="validation pairs held out of them (preset)")
+    group.add_argument("--n-test", type=positive_int, default=None, help="test pairs (preset)")
+    group.add_argument("--epochs", type=positive_int, default=None, help="epochs (preset)")
+    group.add_argument("--batch-size", type=positive_int, default=None, help="batch size (preset)")
+    group.add_argument("--shift", type=non_negative_int, default=2, help="largest random shift of each digit, pixels")
+    group.add_argument("--data-seed", type=non_negative_int, default=0, help="seed of the pair construction (same for all runs)")
     group.add_argument("--weights", type=float, nargs="+", default=None,
                        help="linear scalarisation: W1 for weights (W1, 1 − W1), or two weights")
     return run(parser, build, lambda args: None, argv)

@@ -268,6 +268,11 @@ def test_flags_are_checked(tmp_path):
         train_multimnist.main(common + ["--method", "nashmtl", "--p", "0.3"])
     with pytest.raises(SystemExit, match=r"W1 in \[0, 1\]"):
         train_multimnist.main(common + ["--method", "ls", "--weights", "1.5"])
+    for flags in (["--epochs", "0"], ["--n-train", "0"], ["--batch-size", "-2"], ["--shift", "-1"]):
+        with pytest.raises(SystemExit) as stopped:  # argparse usage error, before anything is written
+            train_multimnist.main(common + ["--method", "nashmtl", *flags])
+        assert stopped.value.code == 2
+    assert not os.path.exists(tmp_path / "r")
 
 
 # -- a tiny sweep, end to end ----------------------------------------------------------------------------------
