@@ -50,18 +50,7 @@ log = logging.getLogger("benchmark_speed")
 
 def timed(function: Callable[[], None], steps: int, warmup: int, device: torch.device) -> float:
     """Median milliseconds of ``function`` over ``steps`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+    return timed_alternately({"function": function}, steps, warmup, device)["function"]
 
 
 def timed_alternately(functions: Dict[str, Callable[[], None]], steps: int, warmup: int,
