@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from experiments.results_io import read_json  # noqa: E402
+from experiments.results_io import is_run_folder_name, read_json, run_finished  # noqa: E402
 from methods import canonical_name  # noqa: E402
 
 log = logging.getLogger("figures_multimnist")
@@ -51,7 +51,9 @@ def collect_points(results: str, finished_only: bool = True) -> pd.DataFrame:
     points = []
     for path in sorted(glob.glob(os.path.join(results, BENCHMARK, "*", "main-*", "seed*", "metrics.csv"))):
         run_dir = os.path.dirname(path)
-        if finished_only and not os.path.exists(os.path.join(run_dir, "status.json")):
+        if not is_run_folder_name(os.path.basename(run_dir)):  # a run --force moved aside
+            continue
+        if finished_only and not run_finished(run_dir)[0]:
             log.info("skipping the unfinished run %s", run_dir)
             continue
         config = read_json(os.path.join(run_dir, "config.json"))

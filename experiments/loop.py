@@ -101,10 +101,12 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 def run_identity_of(benchmark: Benchmark, config: TrainConfig) -> Dict[str, Any]:
     """The settings that define a run (see ``results_io.run_identity``): its flags and loop settings, the
     benchmark, the method by its canonical name, and the main task only for methods that have one."""
-    settings = {**config.flags, **{k: v for k, v in asdict(config).items()}}
+    settings = {**config.flags, **asdict(config)}
     name = canonical_name(config.method)
+    described = benchmark.describe()  # which data: the same flags on synthetic or other source data differ
     settings.update(method=name, benchmark=benchmark.name,
-                    main_task=config.main_task if METHODS[name].uses_main_task else None)
+                    main_task=config.main_task if METHODS[name].uses_main_task else None,
+                    synthetic_data=described.get("synthetic_data"), data_source=described.get("data_source"))
     return run_identity(settings)
 
 

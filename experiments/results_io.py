@@ -92,7 +92,7 @@ class RunLockedError(RunError):
 # Flags that do not change a run's results: where it is written, how it is launched or logged, where the data
 # lies. Every other flag (new ones included) is part of the run's identity.
 NOT_IDENTITY = frozenset({"out", "resume", "force", "device", "workers", "log_level", "stop_after", "download",
-                          "data_root", "methods", "flags", "method_kwargs"})
+                          "data_root", "cache_root", "methods", "flags", "method_kwargs"})
 
 
 def run_identity(settings: Dict[str, Any]) -> Dict[str, Any]:
@@ -155,8 +155,8 @@ def holder_alive(info: Dict[str, Any]) -> Optional[bool]:
     if not info:
         return False
     mine = holder_info()
-    if info.get("slurm_job") and info["slurm_job"] == mine["slurm_job"]:
-        return info.get("host") == mine["host"] and info.get("pid") == mine["pid"]  # an earlier try of this job
+    if info.get("slurm_job") and info["slurm_job"] == mine["slurm_job"] and info.get("host") != mine["host"]:
+        return False  # an earlier try of this very job, requeued onto another node
     if info.get("host") == mine["host"]:
         try:
             os.kill(int(info["pid"]), 0)
@@ -363,8 +363,13 @@ def run_finished(run_dir: str) -> Tuple[bool, str]:
 def find_runs(results: str, benchmark: str = "*") -> List[str]:
     """Every run folder ``<results>/<benchmark>/<method>/main-*/seed*`` holding a config.json or metrics.csv."""
     pattern = os.path.join(results, benchmark, "*", "main-*", "seed*")
-    return sorted(d for d in glob.glob(pattern) if os.path.isdir(d) and (
+    return sorted(d for d in glob.glob(pattern) if is_run_folder_name(os.path.basename(d)) and os.path.isdir(d) and (
         os.path.exists(os.path.join(d, "config.json")) or os.path.exists(os.path.join(d, "metrics.csv"))))
+
+
+def is_run_folder_name(name: str) -> bool:
+    """``seed<k>``: a run folder, not one that ``--force`` moved aside (``seed<k>.old-<time>``)."""
+    return re.fullmatch(r"seed\d+", name) is not None
 
 
 def select_runs(results: str, benchmark: str = "*", include_unfinished: bool = False

@@ -103,7 +103,7 @@ def weighted_sum_backward(
     weights: torch.Tensor,
 ) -> None:
     """One backward pass of Σ_k w_k L_k (the weights are constants)."""
-    torch.sum(losses * weights.detach().to(losses.dtype)).backward()
+    torch.sum(losses * weights.detach().to(losses.device, losses.dtype)).backward()
 
 
 class GradientMethod(WeightMethod):

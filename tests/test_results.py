@@ -277,3 +277,45 @@ def test_run_all_fails_when_every_benchmark_was_skipped(tmp_path):
                              str(tmp_path / "none"), "--cifar10-root", str(tmp_path / "none"), "--out",
                              str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and "every requested benchmark was skipped" in result.stderr
+
+
+def test_runs_moved_aside_by_force_are_not_read_as_runs(tmp_path):
+    """``--force`` moves a run to ``seed<k>.old-<time>``: tables, figures and the sweep status must not read it."""
+    from experiments import figures_multimnist
+    from experiments.results_io import find_runs
+    for name in ("seed0", "seed0.old-20261123-031500"):
+        run = tmp_path / "multimnist" / "nashmtl" / "main-all" / name
+        run.mkdir(parents=True)
+        json.dump({"method": "nashmtl", "seed": 0}, open(run / "config.json", "w"))
+    assert [os.path.basename(d) for d in find_runs(str(tmp_path))] == ["seed0"]
+    assert figures_multimnist.collect_points(str(tmp_path), finished_only=False).empty  # no metrics: no point
+
+
+def test_a_live_process_of_the_same_slurm_job_holds_its_lock(monkeypatch):
+    """Several runs of one allocation (``--launcher local`` inside sbatch) share SLURM_JOB_ID: a live holder on
+    this host still holds; only a record from another node of the same job is an earlier, requeued try."""
+    from experiments import results_io
+    monkeypatch.setenv("SLURM_JOB_ID", "555")
+    mine = results_io.holder_info()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert results_io.holder_alive({**mine, "pid": live.pid}) is True
+        assert results_io.holder_alive({**mine, "host": "another-node", "pid": live.pid}) is False
+    finally:
+        live.kill()
+        live.wait()
+    assert results_io.holder_alive({**mine, "pid": live.pid}) is False
+
+
+def test_identity_tells_synthetic_data_apart(monkeypatch):
+    """The data root is not part of a run's identity (data may move), but whether the data is synthetic is."""
+    import torch
+
+    from experiments.benchmarks import ToyBenchmark
+    from experiments.loop import TrainConfig, run_identity_of
+    from experiments.results_io import identity_digest
+    benchmark = ToyBenchmark(torch.device("cpu"), 0, epochs=10)
+    config = TrainConfig(method="auxinash", main_task="main")
+    real = identity_digest(run_identity_of(benchmark, config))
+    monkeypatch.setattr(benchmark, "describe", lambda: {"synthetic_data": True})
+    assert identity_digest(run_identity_of(benchmark, config)) != real

@@ -1,6 +1,7 @@
 """NYUv2 and Cityscapes: SegNet on the dense-prediction datasets (the paper's Tables 1 and 2)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Iterator, Sequence
 
@@ -125,8 +126,8 @@ def cityscapes_benchmark(data_root: str, mtan_classes: int = 19, **kwargs) -> De
     """The paper's task set from the prepared layout; segmentation + depth from the MTAN release."""
     if detect_layout(data_root) == "parts":  # the disparity's invalid marker as the root was prepared
         invalid = conventions(data_root)["disparity_invalid"]
-        tasks = tuple(Task(t.name, t.key, t.kind, t.n_classes, t.table_metrics, invalid) if t.kind == "disparity"
-                      else t for t in CITYSCAPES_TASKS)
+        tasks = tuple(dataclasses.replace(t, invalid=invalid) if t.kind == "disparity" else t
+                      for t in CITYSCAPES_TASKS)
         return DenseBenchmark("cityscapes", tasks, load_cityscapes, data_root, **kwargs)
     tasks = (Task("seg", "segmentation", "segmentation", mtan_classes), Task("depth", "depth", "depth"))
 
