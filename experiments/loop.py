@@ -29,9 +29,9 @@ from tqdm import tqdm
 from methods import METHODS, canonical_name, get_method
 
 from .benchmarks import Benchmark
-from .results_io import (RunError, RunLock, check_metrics, environment, identity_difference, identity_digest,
-                         load_checkpoint, move_aside, read_json, remove_stale_temporaries, run_identity,
-                         save_checkpoint, write_json, write_rows)
+from .results_io import (RUN_RECORD_ENV, RunError, RunLock, check_metrics, environment, identity_difference,
+                         identity_digest, load_checkpoint, move_aside, read_json, remove_stale_temporaries,
+                         run_identity, save_checkpoint, write_json, write_rows)
 
 log = logging.getLogger("auxinash")
 
@@ -130,7 +130,6 @@ def train(benchmark: Benchmark, config: TrainConfig) -> str:
         return _train_locked(benchmark, config, run_dir)
 
 
-RUN_RECORD_ENV = "AUXINASH_RUN_RECORD"
 
 
 def record_run_directory(run_dir: str) -> None:

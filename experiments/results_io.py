@@ -47,11 +47,6 @@ def write_rows(path: str, rows: List[Dict[str, Any]]) -> None:
     atomic_write(path, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
 
 
-def read_rows(path: str) -> List[Dict[str, Any]]:
-    import pandas as pd
-    return pd.read_csv(path).to_dict("records") if os.path.exists(path) else []
-
-
 def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
     import torch
     atomic_write(path, lambda tmp: torch.save(state, tmp))
@@ -120,12 +115,20 @@ def identity_difference(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
     return lines
 
 
+# Set by experiments/sweep.py: the file where ``loop.train`` records the run folders a command line trains.
+RUN_RECORD_ENV = "AUXINASH_RUN_RECORD"
+
+
+def slurm_job() -> Optional[str]:
+    """This process's SLURM job, as ``<array job>_<task>`` inside a job array; None outside SLURM."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
 def holder_info() -> Dict[str, Any]:
     """Who holds a lock: host, process, SLURM job (array task) if any, start time, command."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": job,
+    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": slurm_job(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv)}
 
 

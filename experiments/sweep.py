@@ -48,8 +48,9 @@ if ROOT not in sys.path:
 
 import submitit  # noqa: E402
 
-RUN_RECORD_ENV = "AUXINASH_RUN_RECORD"  # as experiments.loop.RUN_RECORD_ENV (not imported: it pulls in torch)
-LOCKED_EXIT = 75  # a training script's exit status when another process trains the run (results_io.RunLockedError)
+from experiments.results_io import RUN_RECORD_ENV, RunLockedError, slurm_job  # noqa: E402  (torch-free import)
+
+LOCKED_EXIT = RunLockedError.exit_code  # a training script's exit status when another process trains the run
 KEY_DROPS = {"--out": 1, "--resume": 0, "--force": 0, "--device": 1, "--data-root": 1}
 _CHILDREN: Dict[str, subprocess.Popen] = {}  # command → its running process, for checkpoint()
 
@@ -111,12 +112,6 @@ def write_json(path: str, data: dict) -> None:
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)
     os.replace(tmp, path)
-
-
-def slurm_job() -> Optional[str]:
-    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    return os.environ.get("SLURM_JOB_ID")
 
 
 def resume_command(command: str) -> str:
