@@ -231,11 +231,12 @@ def cifar_table(results: str, include_unfinished: bool = False) -> Optional[str]
     if os.path.exists(os.path.join(PAPER_DIR, "cifar10_ssl.csv")):
         paper = pd.read_csv(os.path.join(PAPER_DIR, "cifar10_ssl.csv")).set_index("method").to_dict("index")
     synthetic = any(run_descriptions(results, b, include_unfinished)[0] for b in benchmarks)
+    collected = {benchmark: collect(results, benchmark, include_unfinished) for benchmark in benchmarks}
     lines = []
     for method, label in PAPER_ROWS.items():
         cells = [label]
         for benchmark in benchmarks:
-            runs = collect(results, benchmark, include_unfinished).get(method, {})
+            runs = collected[benchmark].get(method, {})
             values = [m["cls_acc"] for main in runs.values() for m in main.values() if "cls_acc" in m]
             cell = f"{np.mean(values):.2f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.2f} (n={len(values)})" \
                 if values else ""
