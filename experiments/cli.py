@@ -27,6 +27,7 @@ from .benchmarks import Benchmark
 from .benchmarks.base import META_BATCHES
 from .loop import TrainConfig, train
 from .results_io import RunError
+from .sinks import SINKS, MissingDependencyError, check_available
 
 # flags that set the same-named setting of the method that runs, where it declares one (kept from before the
 # per-method flags; their destinations are part of existing runs' identities, so they keep their names)
@@ -116,6 +117,10 @@ def base_parser(description: str, lr: float, meta_every: int = 25) -> argparse.A
                           "aside to <run>.old-<time>)")
     run.add_argument("--stop-after", type=positive_int, default=None,
                      help="stop after this many rounds (epochs / evaluation blocks); continue with --resume")
+    run.add_argument("--tensorboard", action="store_true",
+                     help="also write TensorBoard event files to <run>/tensorboard (needs: pip install tensorboard)")
+    run.add_argument("--wandb", action="store_true",
+                     help="also log to an offline Weights & Biases run in <run>/wandb (needs: pip install wandb)")
     run.add_argument("--log-level", default="INFO", type=str.upper,
                      choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_method_flags(parser)
@@ -225,6 +230,7 @@ def make_config(args: argparse.Namespace, task_names: List[str], lr_step: Option
                        meta_every=args.meta_every, amp=args.amp, representation=args.representation, out=args.out,
                        meta_batches=args.meta_batches,
                        tag=args.tag, resume=args.resume, force=args.force, stop_after=args.stop_after,
+                       sinks=tuple(name for name in SINKS if getattr(args, name, False)),
                        method_kwargs=kwargs, flags=flags)
 
 
@@ -245,6 +251,11 @@ def run(parser: argparse.ArgumentParser, build_benchmark: Callable[[argparse.Nam
         config = make_config(args, list(benchmark.task_names), lr_step(args))
     except ValueError as error:
         parser.error(str(error))
+    try:
+        check_available(config.sinks)
+    except MissingDependencyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         return train(benchmark, config)
     except RunError as error:

@@ -11,7 +11,6 @@ Writes ``tables/multimnist.md`` and ``.csv`` and ``figures/multimnist_figure2.pn
 from __future__ import annotations
 
 import argparse
-import glob
 import logging
 import os
 from typing import List, Optional
@@ -24,7 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from experiments.results_io import is_run_folder_name, read_json, run_finished
+from experiments.results_io import RUN_FILES, find_runs, read_json, run_finished
 from methods import canonical_name
 
 log = logging.getLogger("figures_multimnist")
@@ -47,14 +46,14 @@ def best_val_point(rows: pd.DataFrame) -> dict:
 def collect_points(results: str, finished_only: bool = True) -> pd.DataFrame:
     """One row per run: family, preference (p₁ or w₁; NaN for Nash-MTL), seed, the best-val point, config."""
     points = []
-    for path in sorted(glob.glob(os.path.join(results, BENCHMARK, "*", "main-*", "seed*", "metrics.csv"))):
-        run_dir = os.path.dirname(path)
-        if not is_run_folder_name(os.path.basename(run_dir)):  # a run --force moved aside
+    for run_dir in find_runs(results, BENCHMARK):
+        path = os.path.join(run_dir, RUN_FILES["metrics"])
+        if not os.path.exists(path):
             continue
         if finished_only and not run_finished(run_dir)[0]:
             log.info("skipping the unfinished run %s", run_dir)
             continue
-        config = read_json(os.path.join(run_dir, "config.json"))
+        config = read_json(os.path.join(run_dir, RUN_FILES["config"]))
         try:
             point = best_val_point(pd.read_csv(path))
         except (KeyError, ValueError) as error:

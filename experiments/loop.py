@@ -19,7 +19,7 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -28,7 +28,9 @@ from tqdm import tqdm
 from methods import METHODS, canonical_name, get_method, method_settings
 
 from .benchmarks import Benchmark
-from .results_io import (RUN_RECORD_ENV, RunError, RunLock, check_metrics, environment, identity_difference,
+from .sinks import open_sinks
+from .results_io import (LR, ROUND, RUN_FILES, RUN_RECORD_ENV, SECONDS, SPLIT, STEP, TRAIN_SPLIT, RunError,
+                         RunFolder, RunLock, loss_column, p_column, weight_column, check_metrics, environment, identity_difference,
                          identity_digest, load_checkpoint, move_aside, read_json, remove_stale_temporaries,
                          run_identity, save_checkpoint, write_json, write_rows)
 
@@ -52,15 +54,19 @@ class TrainConfig:
     resume: bool = False
     force: bool = False
     stop_after: Optional[int] = None
+    sinks: Tuple[str, ...] = ()  # outputs mirroring metrics.csv (experiments/sinks.py), e.g. ("tensorboard",)
     method_kwargs: Dict[str, Any] = field(default_factory=dict)
     flags: Dict[str, Any] = field(default_factory=dict)
 
 
-def run_directory(benchmark: Benchmark, config: TrainConfig) -> str:
+def run_folder(benchmark: Benchmark, config: TrainConfig) -> RunFolder:
     name = canonical_name(config.method)
-    method_dir = f"{name}_{config.tag}" if config.tag else name
-    main = f"main-{config.main_task}" if METHODS[name].uses_main_task else "main-all"
-    return os.path.join(config.out, benchmark.name, method_dir, main, f"seed{config.seed}")
+    return RunFolder(out=config.out, benchmark=benchmark.name, method=name, tag=config.tag,
+                     main_task=config.main_task if METHODS[name].uses_main_task else None, seed=config.seed)
+
+
+def run_directory(benchmark: Benchmark, config: TrainConfig) -> str:
+    return run_folder(benchmark, config).path
 
 
 def seed_everything(seed: int) -> None:
@@ -132,9 +138,7 @@ def record_run_directory(run_dir: str) -> None:
 
 
 def _train_locked(benchmark: Benchmark, config: TrainConfig, run_dir: str) -> str:
-    paths = {name: os.path.join(run_dir, file) for name, file in
-             (("metrics", "metrics.csv"), ("config", "config.json"), ("checkpoint", "checkpoint.pt"),
-              ("status", "status.json"))}
+    paths = {name: os.path.join(run_dir, file) for name, file in RUN_FILES.items()}
     identity = run_identity_of(benchmark, config)
     digest = identity_digest(identity)
     removed = remove_stale_temporaries(run_dir)
@@ -194,13 +198,26 @@ def _train_locked(benchmark: Benchmark, config: TrainConfig, run_dir: str) -> st
         start_round, step = state["round"], state["step"]
         log.info("resuming %s at %s %d", run_dir, benchmark.round_unit, start_round)
     loop_settings = {key: value for key, value in asdict(config).items() if key not in ("flags", "method_kwargs")}
-    write_json(paths["config"], {**config.flags, **loop_settings, "run_dir": run_dir, "benchmark": benchmark.name,
-                                 "method_settings": method_settings(config.method, **config.method_kwargs),
-                                 "identity": identity, "identity_digest": digest,
-                                 "tasks": list(task_names), "round_unit": benchmark.round_unit,
-                                 "selection": benchmark.selection, "device": str(device),
-                                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                                 **benchmark.describe(), **environment()})
+    record = {**config.flags, **loop_settings, "run_dir": run_dir, "benchmark": benchmark.name,
+              "method_settings": method_settings(config.method, **config.method_kwargs),
+              "identity": identity, "identity_digest": digest,
+              "tasks": list(task_names), "round_unit": benchmark.round_unit,
+              "selection": benchmark.selection, "device": str(device),
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              **benchmark.describe(), **environment()}
+    write_json(paths["config"], record)
+    sinks = open_sinks(config.sinks, run_dir, record)
+    try:
+        return _train_rounds(benchmark, config, run_dir, paths, digest, model, method, optimizer, scheduler, shared,
+                             specific, start_round, step, rows, sinks)
+    finally:
+        for sink in sinks:
+            sink.close()
+
+
+def _train_rounds(benchmark, config, run_dir, paths, digest, model, method, optimizer, scheduler, shared, specific,
+                  start_round, step, rows, sinks) -> str:
+    device, task_names = benchmark.device, benchmark.task_names
 
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.amp)
 
@@ -242,16 +259,18 @@ def _train_locked(benchmark: Benchmark, config: TrainConfig, run_dir: str) -> st
                                      f"({dict(zip(task_names, mean_losses))}); the last checkpoint in {run_dir} "
                                      f"is from before it: check the data, or lower --lr (new settings make a new run: add --force, "
                                      f"or keep this one with another --tag)")
-        train_row = {"round": round_index, "step": step, "split": "train", "lr": optimizer.param_groups[0]["lr"],
-                     "seconds": time.time() - started,
-                     **{f"loss_{t}": v for t, v in zip(task_names, mean_losses)},
-                     **{f"weight_{t}": v for t, v in zip(task_names, (weight_sum / max(steps_in_round, 1)).tolist())}}
+        train_row = {ROUND: round_index, STEP: step, SPLIT: TRAIN_SPLIT, LR: optimizer.param_groups[0]["lr"],
+                     SECONDS: time.time() - started,
+                     **{loss_column(t): v for t, v in zip(task_names, mean_losses)},
+                     **{weight_column(t): v for t, v in zip(task_names, (weight_sum / max(steps_in_round, 1)).tolist())}}
         if "p" in last_info:
-            train_row.update({f"p_{t}": v for t, v in zip(task_names, last_info["p"].tolist())})
+            train_row.update({p_column(t): v for t, v in zip(task_names, last_info["p"].tolist())})
         rows.append(train_row)
         for split, metrics in benchmark.evaluate(model).items():
-            rows.append({"round": round_index, "step": step, "split": split, **metrics})
+            rows.append({ROUND: round_index, STEP: step, SPLIT: split, **metrics})
         write_rows(paths["metrics"], rows)
+        for sink in sinks:
+            sink.write([row for row in rows if row[ROUND] == round_index])
         save_checkpoint(paths["checkpoint"], {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                               "scheduler": scheduler.state_dict(), "method": method.state_dict(),
                                               "benchmark": benchmark.state_dict(), "rng": rng_state(),

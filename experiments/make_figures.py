@@ -26,7 +26,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from experiments.make_tables import report_selection
-from experiments.results_io import RunError, read_json, read_metrics, select_runs
+from experiments.results_io import (RUN_FILES, SPLIT, STEP, TRAIN_SPLIT, RunError, RunFolder, p_column, read_json,
+                                    read_metrics, select_runs, weight_column)
 
 log = logging.getLogger("make_figures")
 
@@ -35,15 +36,15 @@ def runs_of(results: str, benchmark: str, seed: int = 0, include_unfinished: boo
     """(method folder, main folder, config, metrics) of every finished run of ``benchmark`` with this seed
     (every run with a metrics.csv under ``include_unfinished``)."""
     for run_dir in select_runs(results, benchmark, include_unfinished)[0]:
-        parts = run_dir.split(os.sep)
-        if parts[-1] != f"seed{seed}":
+        run = RunFolder.parse(run_dir)
+        if run.seed != seed:
             continue
         try:
-            rows = read_metrics(os.path.join(run_dir, "metrics.csv"))
+            rows = read_metrics(os.path.join(run_dir, RUN_FILES["metrics"]))
         except RunError as error:
             log.warning("leaving out %s: %s", run_dir, error)
             continue
-        yield parts[-3], parts[-2], read_json(os.path.join(run_dir, "config.json")), rows
+        yield run.method_folder, run.main_folder, read_json(run.file("config")), rows
 
 
 def weights_figure(results: str, benchmark: str, path: str, include_unfinished: bool = False) -> bool:
@@ -53,13 +54,13 @@ def weights_figure(results: str, benchmark: str, path: str, include_unfinished: 
         return False
     figure, axes = plt.subplots(2, len(runs), figsize=(4.5 * len(runs), 6), squeeze=False)
     for column, (main, config, rows) in enumerate(runs):
-        train_rows = rows[rows.split == "train"]
+        train_rows = rows[rows[SPLIT] == TRAIN_SPLIT]
         tasks = config["tasks"]
-        alpha = train_rows[[f"weight_{t}" for t in tasks]]
+        alpha = train_rows[[weight_column(t) for t in tasks]]
         share = alpha.div(alpha.sum(axis=1), axis=0)
         for task in tasks:
-            axes[0, column].plot(train_rows["step"], train_rows[f"p_{task}"], label=task)
-            axes[1, column].plot(train_rows["step"], share[f"weight_{task}"], label=task)
+            axes[0, column].plot(train_rows[STEP], train_rows[p_column(task)], label=task)
+            axes[1, column].plot(train_rows[STEP], share[weight_column(task)], label=task)
         axes[0, column].set_title(f"main task: {main.removeprefix('main-')}")
         axes[0, column].set_ylabel("bargaining power p")
         axes[1, column].set_ylabel("share of α")
@@ -83,10 +84,10 @@ def curves_figure(results: str, benchmark: str, path: str, include_unfinished: b
         for method, main, config, rows in runs:
             if main not in (f"main-{task}", "main-all"):
                 continue
-            test = rows[rows.split == "test"]
+            test = rows[rows[SPLIT] == "test"]
             metric = next((c for c in test.columns if c.startswith(f"{task}_") and test[c].notna().any()), None)
             if metric is not None:
-                axis.plot(test["step"], test[metric], label=method)
+                axis.plot(test[STEP], test[metric], label=method)
                 axis.set_ylabel(metric)
         axis.set_title(f"{task} (as main task)")
         axis.set_xlabel("step")

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.metrics import delta_m
-from experiments.results_io import RunError, read_json, read_metrics, run_finished, select_runs
+from experiments.results_io import RUN_FILES, RunError, RunFolder, read_json, read_metrics, run_finished, select_runs
 
 log = logging.getLogger("make_tables")
 LAST_EVALUATIONS = 10
@@ -85,8 +85,8 @@ def table_specs() -> List[TableSpec]:
 
 def run_result(run_dir: str) -> Dict[str, float]:
     """One run's test metrics under its benchmark's selection rule."""
-    config = read_json(os.path.join(run_dir, "config.json"))
-    rows = read_metrics(os.path.join(run_dir, "metrics.csv"))
+    config = read_json(os.path.join(run_dir, RUN_FILES["config"]))
+    rows = read_metrics(os.path.join(run_dir, RUN_FILES["metrics"]))
     if "split" not in rows.columns or not (rows.split == "test").any():
         raise ValueError("its metrics.csv has no test rows")
     test = rows[rows.split == "test"].set_index("round")
@@ -105,9 +105,9 @@ def collect(results: str, benchmark: str, include_unfinished: bool = False
     under ``include_unfinished``); a finished run whose metrics cannot be used is reported, not dropped silently."""
     found: Dict[str, Dict[str, Dict[int, Dict[str, float]]]] = {}
     for run_dir in select_runs(results, benchmark, include_unfinished)[0]:
-        seed_dir, main_dir, method_dir = run_dir.split(os.sep)[-1], run_dir.split(os.sep)[-2], run_dir.split(os.sep)[-3]
+        run = RunFolder.parse(run_dir)
         try:
-            found.setdefault(method_dir, {}).setdefault(main_dir, {})[int(seed_dir[4:])] = run_result(run_dir)
+            found.setdefault(run.method_folder, {}).setdefault(run.main_folder, {})[run.seed] = run_result(run_dir)
         except (KeyError, ValueError, IndexError, RunError) as error:
             log.warning("leaving out %s: %s", run_dir, error)
     return found
@@ -173,7 +173,7 @@ def run_descriptions(results: str, benchmark: str, include_unfinished: bool = Fa
     """Whether any finished run used synthetic data, and the devices the finished runs used."""
     synthetic, devices = False, set()
     for run_dir in select_runs(results, benchmark, include_unfinished)[0]:
-        config = read_json(os.path.join(run_dir, "config.json"))
+        config = read_json(os.path.join(run_dir, RUN_FILES["config"]))
         synthetic |= bool(config.get("synthetic_data"))
         devices.add(config.get("device_name", "?"))
     return synthetic, sorted(devices)

@@ -15,12 +15,14 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:  # torch and pandas are imported where used, so that status views (sweep.py) start quickly
     import pandas as pd
 
 log = logging.getLogger("auxinash")
+
 
 def atomic_write(path: str, write) -> None:
     """Call ``write(tmp_path)`` then rename the result onto ``path``."""
@@ -87,7 +89,8 @@ class RunLockedError(RunError):
 # Flags that do not change a run's results: where it is written, how it is launched or logged, where the data
 # lies. Every other flag (new ones included) is part of the run's identity.
 NOT_IDENTITY = frozenset({"out", "resume", "force", "device", "workers", "log_level", "stop_after", "download",
-                          "data_root", "cache_root", "methods", "flags", "method_kwargs"})
+                          "data_root", "cache_root", "methods", "flags", "method_kwargs", "sinks",
+                          "tensorboard", "wandb"})
 
 
 def run_identity(settings: Dict[str, Any]) -> Dict[str, Any]:
@@ -363,11 +366,81 @@ def run_finished(run_dir: str) -> Tuple[bool, str]:
     return (True, "finished") if same else (False, "status.json is from other settings than config.json")
 
 
+# -- the results layout: the one place that builds and parses run paths and names metrics.csv's columns -----------
+
+RUN_FILES = {"metrics": "metrics.csv", "config": "config.json", "checkpoint": "checkpoint.pt",
+             "status": "status.json", "lock": "lock"}
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Where a run lives: ``<out>/<benchmark>/<method>[_<tag>]/main-<task or all>/seed<k>/``.
+
+    ``main_task`` is None for multi-task methods (folder ``main-all``). Method registry names hold no
+    underscore, so ``<method>_<tag>`` parses back unambiguously (tags may hold underscores)."""
+
+    out: str
+    benchmark: str
+    method: str
+    tag: str = ""
+    main_task: Optional[str] = None
+    seed: int = 0
+
+    @property
+    def method_folder(self) -> str:
+        return f"{self.method}_{self.tag}" if self.tag else self.method
+
+    @property
+    def main_folder(self) -> str:
+        return f"main-{self.main_task}" if self.main_task is not None else "main-all"
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.out, self.benchmark, self.method_folder, self.main_folder, f"seed{self.seed}")
+
+    def file(self, kind: str) -> str:
+        """The path of one of the run's files (``RUN_FILES``: metrics, config, checkpoint, status, lock)."""
+        return os.path.join(self.path, RUN_FILES[kind])
+
+    @classmethod
+    def parse(cls, path: str) -> "RunFolder":
+        """The run folder value of a path built by ``path``; ValueError for a path of another shape."""
+        parts = os.path.normpath(path).split(os.sep)
+        if len(parts) < 4 or not is_run_folder_name(parts[-1]) or not parts[-2].startswith("main-"):
+            raise ValueError(f"{path} is not a run folder (<out>/<benchmark>/<method>[_<tag>]/main-<task>/seed<k>)")
+        method, _, tag = parts[-3].partition("_")
+        main = parts[-2][len("main-"):]
+        out = os.path.normpath(path)
+        for _ in range(4):
+            out = os.path.dirname(out)
+        return cls(out=out, benchmark=parts[-4], method=method,
+                   tag=tag, main_task=None if main == "all" else main, seed=int(parts[-1][len("seed"):]))
+
+
+# metrics.csv: one row per round and split. Columns of every row: ROUND, STEP, SPLIT; training rows add LR,
+# SECONDS and per task loss_<task>, weight_<task> (mean α or task weight) and, for methods that report it,
+# p_<task> (the bargaining power at the round's end); evaluation rows add the benchmark's metrics.
+ROUND, STEP, SPLIT, LR, SECONDS = "round", "step", "split", "lr", "seconds"
+TRAIN_SPLIT = "train"
+
+
+def loss_column(task: str) -> str:
+    return f"loss_{task}"
+
+
+def weight_column(task: str) -> str:
+    return f"weight_{task}"
+
+
+def p_column(task: str) -> str:
+    return f"p_{task}"
+
+
 def find_runs(results: str, benchmark: str = "*") -> List[str]:
     """Every run folder ``<results>/<benchmark>/<method>/main-*/seed*`` holding a config.json or metrics.csv."""
     pattern = os.path.join(results, benchmark, "*", "main-*", "seed*")
     return sorted(d for d in glob.glob(pattern) if is_run_folder_name(os.path.basename(d)) and os.path.isdir(d) and (
-        os.path.exists(os.path.join(d, "config.json")) or os.path.exists(os.path.join(d, "metrics.csv"))))
+        os.path.exists(os.path.join(d, RUN_FILES["config"])) or os.path.exists(os.path.join(d, RUN_FILES["metrics"]))))
 
 
 def is_run_folder_name(name: str) -> bool:

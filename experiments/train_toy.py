@@ -37,7 +37,7 @@ from experiments.benchmarks import ToyBenchmark
 from experiments.benchmarks.toy import DEFAULT_HARMFUL_NOISE, DEFAULT_META_VAL_SIZE
 from experiments.cli import non_negative_float, non_negative_int, positive_int
 from experiments.loop import TrainConfig, train
-from experiments.results_io import atomic_write
+from experiments.results_io import RUN_FILES, atomic_write
 from methods import METHOD_NAMES
 
 DEFAULT_EPOCHS = 1000
@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
             config = TrainConfig(method=method, main_task="main", seed=seed, lr=1e-2, meta_every=args.meta_every,
                                  out=args.out, tag=tag, resume=True, force=args.force, flags=flags)
             run_dir = train(benchmark, config)
-            runs[(method, seed)] = pd.read_csv(os.path.join(run_dir, "metrics.csv"))
+            runs[(method, seed)] = pd.read_csv(os.path.join(run_dir, RUN_FILES["metrics"]))
     per_run = final_rows(runs)
     summary = summarise(per_run)
     suffix = f"_{tag}" if tag else ""
