@@ -28,15 +28,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from methods import METHOD_NAMES, METHODS
 from experiments.metrics import delta_m
 from experiments.results_io import RUN_FILES, RunError, RunFolder, read_json, read_metrics, run_finished, select_runs
 
 log = logging.getLogger("make_tables")
 LAST_EVALUATIONS = 10
 PAPER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "paper")
-# our method folder → the paper's row name, in the paper's order
-PAPER_ROWS = {"stl": "STL", "equal": "LS", "pcgrad": "PCGrad", "cagrad": "CAGrad", "nashmtl": "Nash-MTL",
-              "gcs": "GCS", "olaux": "OL-AUX", "auxilearn": "AuxiLearn", "auxinash": "AuxiNash"}
+# our method folder → the paper's row name (each method's declared ``label``), in the registry's (the paper's) order
+PAPER_ROWS = {name: METHODS[name].label for name in METHOD_NAMES}
 
 
 @dataclass

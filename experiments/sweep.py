@@ -473,7 +473,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-def main(argv=None) -> int:
+def main(argv=None, commands: Optional[Sequence[str]] = None) -> int:
+    """The sweep's command line; ``commands`` (the run list, from ``experiments/plan.py``) replaces ``--runs``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="-", help="file with one command line per run ('-': standard input)")
     parser.add_argument("--out", default="results", help="results root of the runs (logs go to OUT/logs)")
@@ -505,7 +506,7 @@ def main(argv=None) -> int:
         parser.error(f"argument --gpus-per-run: must be ≥ 0, got {args.gpus_per_run}")
     if args.tables:
         return make_tables_and_figures(args.out, args.include_unfinished)
-    commands = read_commands(args.runs)
+    commands = list(commands) if commands is not None else read_commands(args.runs)
     if args.status:
         return 1 if status(args.out, commands)["failed"] else 0
     if not commands:
