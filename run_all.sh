@@ -4,7 +4,8 @@
 #   ./run_all.sh                      # the paper's settings (GPU), data roots from flags or environment
 #   ./run_all.sh --quick              # every run at tiny settings on synthetic layouts, CPU, ~10 minutes;
 #                                     # Multi-MNIST: preset tiny on synthetic digits, p1 and w1 in 0.1 0.5 0.9,
-#                                     # Nash-MTL seeds 0 1 2 (9 runs instead of 33)
+#                                     # Nash-MTL seeds 0 1 2 (9 runs instead of 33); Speech Commands: 20 clips,
+#                                     # keywords zero and five, 2 epochs (14 runs instead of 324)
 #   ./run_all.sh --dry-run            # print the run list, one command line per run
 #   ./run_all.sh --launcher local --jobs 4        # 4 runs at a time on this machine, one GPU each if present
 #   ./run_all.sh --launcher slurm --partition gpu --gpus-per-run 1 --time 24:00:00 [--account A] [--qos Q] \
@@ -13,13 +14,14 @@
 #   ./run_all.sh --tables             # tables and figures from whatever has finished
 #
 # Options:
-#   --benchmarks "nyuv2 cityscapes cifar10_ssl multimnist toy"   which benchmarks (default: all five)
+#   --benchmarks "nyuv2 cityscapes cifar10_ssl multimnist speech_commands toy"   which benchmarks (default: all six)
 #   --methods "stl equal pcgrad cagrad nashmtl gcs olaux auxilearn auxinash"
 #   --seeds "0 1 2"                   seeds (default: 0 1 2; --quick: 0)
 #   --ablations                       add the ablation runs (fixed p, learning rate of p, held-out aux set)
 #   --nyuv2-root DIR --cityscapes-root DIR --cifar10-root DIR --mnist-root DIR
 #                                     (or NYUV2_ROOT, CITYSCAPES_ROOT, CIFAR10_ROOT, MNIST_ROOT; MULTIMNIST_PRESET=cpu
 #                                     for the CPU preset of Multi-MNIST)
+#   --speech-commands-root DIR        (or SPEECH_COMMANDS_ROOT) the extracted Speech Commands v0.02 archive
 #   --out DIR                         results root (default: results); logs in DIR/logs, named by run
 #   --device DEV                      torch device passed to every run (default: the scripts' choice)
 #   --force                           train every run again from scratch (old run folders are moved aside)
@@ -36,7 +38,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
-BENCHMARKS="nyuv2 cityscapes cifar10_ssl multimnist toy"
+BENCHMARKS="nyuv2 cityscapes cifar10_ssl multimnist speech_commands toy"
 METHODS="stl equal pcgrad cagrad nashmtl gcs olaux auxilearn auxinash"
 MULTI_TASK=" equal pcgrad cagrad nashmtl "
 SEEDS="" SEEDS_GIVEN=0
@@ -48,6 +50,7 @@ NYUV2_ROOT=${NYUV2_ROOT:-data_cache/nyuv2}
 CITYSCAPES_ROOT=${CITYSCAPES_ROOT:-data_cache/cityscapes}
 CIFAR10_ROOT=${CIFAR10_ROOT:-data_cache/cifar10}
 MNIST_ROOT=${MNIST_ROOT:-data_cache/mnist}
+SPEECH_COMMANDS_ROOT=${SPEECH_COMMANDS_ROOT:-data_cache/speech_commands}
 while [ $# -gt 0 ]; do
   case "$1" in
     --benchmarks) BENCHMARKS="$2"; shift 2 ;;
@@ -63,13 +66,14 @@ while [ $# -gt 0 ]; do
     --cityscapes-root) CITYSCAPES_ROOT="$2"; shift 2 ;;
     --cifar10-root) CIFAR10_ROOT="$2"; shift 2 ;;
     --mnist-root) MNIST_ROOT="$2"; shift 2 ;;
+    --speech-commands-root) SPEECH_COMMANDS_ROOT="$2"; shift 2 ;;
     --launcher|--jobs|--gpus|--partition|--gpus-per-run|--cpus-per-run|--mem|--time|--account|--qos|--max-parallel)
       [ $# -ge 2 ] || { echo "$1 needs a value (see --help)" >&2; exit 2; }
       SWEEP+=("$1" "$2"); shift 2 ;;
     --status) STATUS=1; shift ;;
     --tables) TABLES=1; shift ;;
     --include-unfinished) INCLUDE_UNFINISHED="--include-unfinished"; shift ;;
-    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -95,9 +99,15 @@ if [ "$QUICK" = 1 ]; then
   CIFAR_SETTINGS="--iterations 4 --eval-every 2 --labeled-batch 8 --unlabeled-batch 8 --width 0.125 --val-size 100 --meta-every 2"
   CIFAR_LABELS="100"
   TOY_SETTINGS="--epochs 50"
+  if [ "$LIST_ONLY" = 0 ] && [ ! -e "$SYNTHETIC/speech_commands/SYNTHETIC" ]; then  # a tree from before Speech Commands
+    $PYTHON -m data.synthetic --only speech_commands "$SYNTHETIC/speech_commands"
+  fi
+  SPEECH_COMMANDS_ROOT="$SYNTHETIC/speech_commands"
+  SPEECH_SETTINGS="--epochs 2 --batch-size 8 --width 0.25 --meta-every 2" SPEECH_SIZES="20" SPEECH_WORDS="zero five"
 else
   SEEDS=${SEEDS:-"0 1 2"}
   DENSE_SETTINGS="" CIFAR_SETTINGS="" TOY_SETTINGS="" CIFAR_LABELS="5000 10000" MULTIMNIST_SETTINGS=""
+  SPEECH_SETTINGS="" SPEECH_SIZES="500 1000" SPEECH_WORDS="zero one two three four five six seven eight nine"
   PREFERENCES="0.01 0.1 0.2 0.25 0.4 0.5 0.6 0.75 0.8 0.9 0.99" NASH_SEEDS="0 1 2 3 4 5 6 7 8 9 10"  # Figure 2
 fi
 
@@ -166,6 +176,18 @@ for benchmark in $BENCHMARKS; do
                    add "$script --method ls --weights $w --seed $first_seed"; done ;;
         esac
       done ;;
+    speech_commands)  # Tables 5-7: STL and the auxiliary-learning methods once per main keyword, multi-task methods
+                      # once (10 tasks); 9 methods x 3 seeds x 2 sizes = 324 runs (--quick: 14)
+      if [ ! -f "$SPEECH_COMMANDS_ROOT/validation_list.txt" ] && [ "$LIST_ONLY" = 0 ]; then
+        echo "SKIPPED speech_commands: no validation_list.txt under $SPEECH_COMMANDS_ROOT (--speech-commands-root or" \
+             "SPEECH_COMMANDS_ROOT; see README, section Data)" >&2
+        SKIPPED=$((SKIPPED + 1)); continue
+      fi
+      script="experiments/train_speech_commands.py --data-root $SPEECH_COMMANDS_ROOT $SPEECH_SETTINGS"
+      for seed in $SEEDS; do for n in $SPEECH_SIZES; do for method in $METHODS; do
+        if [[ "$MULTI_TASK" == *" $method "* ]]; then add "$script --n-train $n --method $method --seed $seed"
+        else for word in $SPEECH_WORDS; do add "$script --n-train $n --method $method --main-task $word --seed $seed"; done; fi
+      done; done; done ;;
     toy)  # one invocation for every seed (its table is mean ± std over them); 5 seeds unless --seeds or --quick
       toy_seeds=$SEEDS
       if [ "$QUICK" = 0 ] && [ "$SEEDS_GIVEN" = 0 ]; then toy_seeds="0 1 2 3 4"; fi
