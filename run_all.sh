@@ -4,7 +4,8 @@
 #   ./run_all.sh                      # the paper's settings (GPU), data roots from flags or environment
 #   ./run_all.sh --quick              # every run at tiny settings on synthetic layouts, CPU, ~10 minutes;
 #                                     # Multi-MNIST: preset tiny on synthetic digits, p1 and w1 in 0.1 0.5 0.9,
-#                                     # Nash-MTL seeds 0 1 2 (9 runs instead of 33)
+#                                     # Nash-MTL seeds 0 1 2 (9 runs instead of 33); Speech Commands: 20 clips,
+#                                     # keywords zero and five, 2 epochs (14 runs instead of 324)
 #   ./run_all.sh --dry-run            # print the run list, one command line per run
 #   ./run_all.sh --launcher local --jobs 4        # 4 runs at a time on this machine, one GPU each if present
 #   ./run_all.sh --launcher slurm --partition gpu --gpus-per-run 1 --time 24:00:00 [--account A] [--qos Q] \
@@ -13,13 +14,14 @@
 #   ./run_all.sh --tables             # tables and figures from whatever has finished
 #
 # Options:
-#   --benchmarks "nyuv2 cityscapes cifar10_ssl multimnist toy"   which benchmarks (default: all five)
+#   --benchmarks "nyuv2 cityscapes cifar10_ssl multimnist speech_commands toy"   which benchmarks (default: all six)
 #   --methods "stl equal pcgrad cagrad nashmtl gcs olaux auxilearn auxinash"
 #   --seeds "0 1 2"                   seeds (default: 0 1 2; --quick: 0)
 #   --ablations                       add the ablation runs (fixed p, learning rate of p, held-out aux set)
 #   --nyuv2-root DIR --cityscapes-root DIR --cifar10-root DIR --mnist-root DIR
 #                                     (or NYUV2_ROOT, CITYSCAPES_ROOT, CIFAR10_ROOT, MNIST_ROOT; MULTIMNIST_PRESET=cpu
 #                                     for the CPU preset of Multi-MNIST)
+#   --speech-commands-root DIR        (or SPEECH_COMMANDS_ROOT) the extracted Speech Commands v0.02 archive
 #   --out DIR                         results root (default: results); logs in DIR/logs, named by run
 #   --device DEV                      torch device passed to every run (default: the scripts' choice)
 #   --force                           train every run again from scratch (old run folders are moved aside)

@@ -4,6 +4,7 @@
     python -m data.check cityscapes --root ROOT
     python -m data.check cifar10 --root ROOT
     python -m data.check multimnist --root MNIST_ROOT [--cache-root DIR]   (builds the pair cache if absent)
+    python -m data.check speech_commands --root ROOT      (the digit words: per-split, per-word counts, durations)
 
 Reads every file through the same loaders the training scripts use, checks shapes, dtypes and value ranges
 (finite values, images in [0, 1], labels in [−1, C−1], depth / disparity ≥ 0 or the invalid marker, normals unit
@@ -14,6 +15,7 @@ counts, shapes, value ranges and the class histogram. Exits with status 1 and th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Dict
 
@@ -103,6 +105,34 @@ def check_multimnist(root: str, cache_root: str, counts=None) -> None:
               f"{np.unique(arrays['test_sources']).size}; none shared")
 
 
+def check_speech_commands(root: str) -> None:
+    """Read every digit clip of Speech Commands; print per split and word the counts, the sample rate and the
+    durations, and whether the validation / test counts are v0.02's (3,643 / 4,107); name every malformed file."""
+    from .speech_commands import LISTS, SAMPLE_RATE, V002_COUNTS, WORDS, read_layout, read_wav
+    layout = read_layout(root)
+    bad = []
+    for split, clips in layout.items():
+        lengths = {w: [] for w in WORDS}
+        for relative, word in tqdm(clips, desc=split, unit="clip", leave=False):
+            try:
+                lengths[word].append(len(read_wav(os.path.join(root, relative))) / SAMPLE_RATE)
+            except MalformedDatasetError as error:
+                bad.append(str(error))
+        counts = " ".join(f"{w}:{len(lengths[w])}" for w in WORDS)
+        durations = [d for w in WORDS for d in lengths[w]]
+        expected = ""
+        if split in V002_COUNTS:
+            expected = (f" = v0.02's {V002_COUNTS[split]:,} ({LISTS[split]})" if len(clips) == V002_COUNTS[split]
+                        else f" (v0.02's {LISTS[split]} has {V002_COUNTS[split]:,}: not v0.02?)")
+        print(f"[{split}] {len(clips)} clips{expected}; per word {counts}")
+        if durations:
+            print(f"  sample rate {SAMPLE_RATE} Hz mono integer PCM (every readable clip); duration "
+                  f"{min(durations):.3f}..{max(durations):.3f} s, mean {np.mean(durations):.3f} s, "
+                  f"{sum(d < 1 for d in durations)} shorter than 1 s (zero-padded)")
+    if bad:
+        raise MalformedDatasetError(f"{len(bad)} malformed WAV file(s):\n  " + "\n  ".join(bad))
+
+
 def check(name: str, root: str, cache_root: str = "data_cache/multimnist", counts=None) -> None:
     if name == "nyuv2":
         for split, expected in nyuv2.SPLITS.items():
@@ -121,6 +151,8 @@ def check(name: str, root: str, cache_root: str = "data_cache/multimnist", count
                 print(f"  {key}: {line}")
     elif name == "multimnist":
         check_multimnist(root, cache_root, counts)
+    elif name == "speech_commands":
+        check_speech_commands(root)
     else:
         arrays = cifar.read_cifar10(root)
         for split in ("train", "test"):
@@ -133,7 +165,7 @@ def check(name: str, root: str, cache_root: str = "data_cache/multimnist", count
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", choices=["nyuv2", "cityscapes", "cifar10", "multimnist"])
+    parser.add_argument("name", choices=["nyuv2", "cityscapes", "cifar10", "multimnist", "speech_commands"])
     parser.add_argument("--root", required=True, help="the dataset's root folder (multimnist: MNIST's)")
     parser.add_argument("--cache-root", default="data_cache/multimnist", help="multimnist: the pair cache")
     parser.add_argument("--pairs", type=int, nargs=3, default=None, metavar=("TRAIN", "VAL", "TEST"),

@@ -1,11 +1,14 @@
 """Tiny datasets written in exactly the real on-disk layouts (file names, shapes, dtypes, value ranges,
 ignore labels), so that tests and the quick mode of ``run_all.sh`` exercise the real loading code.
 
-    python -m data.synthetic ROOT     # ROOT/{nyuv2,cityscapes,cityscapes_mtan,cityscapes_raw,cifar10,mnist}
+    python -m data.synthetic ROOT     # ROOT/{nyuv2,cityscapes,cityscapes_mtan,cityscapes_raw,cifar10,mnist,
+                                      #       speech_commands}
+    python -m data.synthetic ROOT --only speech_commands [--clips TRAIN VAL TEST]   # one layout (per-word counts)
 
 The content is a smooth random scene per item from which every label is derived (segmentation from
 intensity bands, depth from a gradient, normals from the depth), so that a quick run has something to learn.
-MNIST's "digits" are ten fixed blobs, one per class, shifted and noised per image.
+MNIST's "digits" are ten fixed blobs, one per class, shifted and noised per image. Speech Commands' "words" are
+tones, one pitch per word, of random length and loudness in noise, as 16 kHz 16-bit mono PCM WAVs.
 """
 from __future__ import annotations
 
@@ -194,6 +197,37 @@ def write_mnist(root: str, n_train: int = 600, n_test: int = 200, seed: int = 0)
     return mark_synthetic(root)
 
 
+def write_speech_commands(root: str, n_train: int = 6, n_val: int = 2, n_test: int = 2, seed: int = 0,
+                          others: tuple = ("yes", "_background_noise_")) -> str:
+    """Speech Commands' extracted-archive layout (see ``data.speech_commands``): ``root/<word>/<speaker>_nohash_<n>.wav``
+    for the ten digit words (``n_train`` + ``n_val`` + ``n_test`` clips each) and for the non-digit folders
+    ``others`` (two clips each, to be filtered out), ``validation_list.txt`` and ``testing_list.txt`` listing
+    ``n_val`` / ``n_test`` clips per word (one non-digit entry each). Word i is a tone of 300 + 150·i Hz, 0.5 to
+    1 s long, in noise: some clips are shorter than 1 s, as in the release."""
+    from scipy.io import wavfile
+
+    from .speech_commands import LISTS, SAMPLE_RATE, WORDS
+    rng = np.random.default_rng(seed)
+    listed = {"val": [], "test": []}
+    for index, word in enumerate(tuple(WORDS) + tuple(others)):
+        folder = os.path.join(root, word)
+        os.makedirs(folder, exist_ok=True)
+        counts = (n_train, n_val, n_test) if word in WORDS else (0, 1, 1)
+        for n, split in enumerate(["train"] * counts[0] + ["val"] * counts[1] + ["test"] * counts[2]):
+            name = f"{rng.integers(16**8):08x}_nohash_{n % 3}.wav"
+            length = int(SAMPLE_RATE * rng.uniform(0.5, 1.0))
+            t = np.arange(length) / SAMPLE_RATE
+            wave = rng.uniform(0.2, 0.6) * np.sin(2 * np.pi * (300 + 150 * index) * t + rng.uniform(0, 2 * np.pi))
+            wave = wave + rng.normal(0, 0.05, size=length)
+            wavfile.write(os.path.join(folder, name), SAMPLE_RATE, (np.clip(wave, -1, 1) * 32767).astype(np.int16))
+            if split != "train":
+                listed[split].append(f"{word}/{name}")
+    for split, entries in listed.items():
+        with open(os.path.join(root, LISTS[split]), "w") as f:
+            f.write("\n".join(sorted(entries)) + "\n")
+    return mark_synthetic(root)
+
+
 def write_all(root: str, small: bool = False) -> None:
     """Every layout under ``root``; ``small`` shrinks the images (NYUv2 64×96, Cityscapes 32×64) for quick runs
     (SegNet needs sides divisible by 32)."""
@@ -202,12 +236,20 @@ def write_all(root: str, small: bool = False) -> None:
     write_cityscapes_mtan(os.path.join(root, "cityscapes_mtan"), shape=(32, 64) if small else cityscapes.SHAPE)
     write_cityscapes_raw(os.path.join(root, "cityscapes_raw"), shape=(256, 512) if small else (1024, 2048))
     write_cifar10(os.path.join(root, "cifar10"))
-    write_mnist(os.path.join(root, "mnist"))
+    write_speech_commands(os.path.join(root, "speech_commands"))
+    write_mnist(os.path.join(root, "mnist"))  # last: run_all.sh --quick checks its marker
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root")
     parser.add_argument("--small", action="store_true", help="smaller images (NYUv2 64×96, Cityscapes 32×64)")
+    parser.add_argument("--only", choices=["speech_commands"], default=None,
+                        help="write only this layout, into ROOT itself")
+    parser.add_argument("--clips", type=int, nargs=3, default=(6, 2, 2), metavar=("TRAIN", "VAL", "TEST"),
+                        help="speech_commands with --only: clips per digit word in each split")
     arguments = parser.parse_args()
-    write_all(arguments.root, arguments.small)
+    if arguments.only == "speech_commands":
+        write_speech_commands(arguments.root, *arguments.clips)
+    else:
+        write_all(arguments.root, arguments.small)

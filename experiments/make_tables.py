@@ -7,7 +7,8 @@ test metrics at the best validation accuracy (CIFAR-10 SSL: early stopping). Per
 (STL aside) train one model whose metrics fill every column (``main-all``); STL and the auxiliary-learning
 methods train one model per main task and each column comes from the model whose main task it measures. Cells
 are mean ± std over seeds, the best mean of each column in bold; the paper's value (``results/paper/`` of this
-repository, the paper's Tables 1-4, 8, 9) stands in parentheses. The caption says what each Δm is measured against:
+repository, the paper's Tables 1-4, 8, 9) stands in parentheses. Speech Commands (Tables 5-7) and Multi-MNIST
+have their own modules (``tables_speech_commands.py``, ``figures_multimnist.py``), called from here. The caption says what each Δm is measured against:
 "Δm (ours)" against our own STL row, "Δm (paper)" the paper's printed Δm, against the paper's STL row (for NYUv2
 that row equals the official code's hard-coded baseline, AvivSham/auxinash ``experiments/nyuv2/calc_delta.py``).
 Only finished runs count (status.json present and from the settings in config.json); the runs left out are
@@ -279,6 +280,8 @@ def make_tables(results: str = "results", include_unfinished: bool = False) -> L
         written.append(path)
     from experiments.figures_multimnist import write_table  # Multi-MNIST: the points of Figure 2
     written += write_table(results)
+    from experiments.tables_speech_commands import write_tables as speech_commands_tables  # Tables 5-7
+    written += speech_commands_tables(results, include_unfinished)
     return written
 
 

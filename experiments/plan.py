@@ -140,6 +140,27 @@ def multimnist_grid(ctx: Context) -> Iterator[Args]:
                 yield (*settings, "--method", "ls", "--weights", w, "--seed", first_seed)
 
 
+# -- Speech Commands (Tables 5-7) ---------------------------------------------------------------------------------
+SPEECH_QUICK = ("--epochs", "2", "--batch-size", "8", "--width", "0.25", "--meta-every", "2")
+SPEECH_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def speech_commands_grid(ctx: Context) -> Iterator[Args]:
+    """STL and the auxiliary-learning methods once per main keyword, multi-task methods once (10 tasks):
+    9 methods × 3 seeds × 2 sizes = 324 runs (--quick: 20 clips, keywords zero and five, 14 runs)."""
+    settings = ("--data-root", ctx.root, *(SPEECH_QUICK if ctx.quick else ()))
+    sizes, words = (("20",), ("zero", "five")) if ctx.quick else (("500", "1000"), SPEECH_WORDS)
+    for seed in ctx.seeds:
+        for n_train in sizes:
+            for method in ctx.methods:
+                if method in MULTI_TASK:
+                    yield (*settings, "--n-train", n_train, "--method", method, "--seed", seed)
+                else:
+                    for word in words:
+                        yield (*settings, "--n-train", n_train, "--method", method, "--main-task", word,
+                               "--seed", seed)
+
+
 # -- the illustrative example (Figure 1): one invocation for every seed --------------------------------------------
 def toy_grid(ctx: Context) -> Iterator[Args]:
     seeds = ctx.seeds if (ctx.quick or ctx.seeds_given) else ("0", "1", "2", "3", "4")
@@ -162,10 +183,15 @@ PLANS: Dict[str, BenchmarkPlan] = {plan.name: plan for plan in (
                   multimnist_grid, mnist_present,
                   "no MNIST IDX files under {root} (--mnist-root or MNIST_ROOT; see README, section Data)",
                   synthetic_folder="mnist"),
+    BenchmarkPlan("speech_commands", "experiments/train_speech_commands.py", "--speech-commands-root",
+                  "SPEECH_COMMANDS_ROOT", "data_cache/speech_commands", speech_commands_grid,
+                  lambda root: os.path.isfile(os.path.join(root, "validation_list.txt")),
+                  "no validation_list.txt under {root} (--speech-commands-root or SPEECH_COMMANDS_ROOT; see README, "
+                  "section Data)", synthetic_folder="speech_commands"),
     BenchmarkPlan("toy", "experiments/train_toy.py", "", "", "", toy_grid, lambda root: True, "",
                   whole_list=True),
 )}
-DEFAULT_BENCHMARKS = ("nyuv2", "cityscapes", "cifar10_ssl", "multimnist", "toy")
+DEFAULT_BENCHMARKS = ("nyuv2", "cityscapes", "cifar10_ssl", "multimnist", "speech_commands", "toy")
 
 
 def roots(args: argparse.Namespace) -> Dict[str, str]:
@@ -218,10 +244,13 @@ def build_commands(args: argparse.Namespace, list_only: bool) -> Tuple[List[str]
 def write_synthetic(out: str) -> None:
     """Quick mode's small synthetic datasets under ``<out>/.synthetic`` (once; the MNIST marker is written last)."""
     folder = os.path.join(out, ".synthetic")
+    python = os.environ.get("PYTHON", sys.executable)
     if not os.path.exists(os.path.join(folder, "mnist", "SYNTHETIC")):
         print(f"quick mode: writing small synthetic datasets under {folder}", flush=True)
-        subprocess.run([os.environ.get("PYTHON", sys.executable), "-m", "data.synthetic", "--small", folder],
-                       check=True)
+        subprocess.run([python, "-m", "data.synthetic", "--small", folder], check=True)
+    if not os.path.exists(os.path.join(folder, "speech_commands", "SYNTHETIC")):  # a tree from before Speech Commands
+        subprocess.run([python, "-m", "data.synthetic", "--only", "speech_commands",
+                        os.path.join(folder, "speech_commands")], check=True)
 
 
 SWEEP_FLAGS = ("launcher", "jobs", "gpus", "partition", "gpus_per_run", "cpus_per_run", "mem", "time", "account",
