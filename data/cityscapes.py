@@ -4,7 +4,7 @@
 ``ROOT/{train,val}/{image,seg,part_seg,disp}/{i}.npy`` at 128×256: image 128×256×3 float in [0, 1]; seg
 19 train ids, −1 void; part_seg 10 classes with background 0 and no ignore label; disp 128×256×1 disparity
 (p − 1)/1024, −1 invalid (both Auto-λ's ``create_dataset.py``; see ``data.prepare``). ``ROOT/conventions.json``
-says which conventions a root holds (``data.prepare.read_conventions``; without it the legacy ones: part_seg
+says which conventions a root holds (``read_conventions``; without it the legacy ones: part_seg
 −1 void, disparity in pixels of the stored image with 0 invalid), and the disparity target carries its invalid
 marker. Tasks: ``segmentation``, ``part_segmentation``, ``disparity``.
 
@@ -14,11 +14,12 @@ classes) and ``depth``.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Optional, Sequence
 
-from .common import DatasetNotFoundError, require_dir
+from .common import DatasetNotFoundError, MalformedDatasetError, require_dir
 from .dense import DenseDataset, Target
 
 SHAPE = (128, 256)
@@ -59,11 +60,32 @@ def tasks_of(root: str) -> tuple:
     return tuple(t.name for t in LAYOUTS[detect_layout(root)][1:])
 
 
-def conventions(root: str) -> dict:
-    """The prepared root's conventions (``data.prepare.read_conventions``); the MTAN release's depth is the raw
-    disparity with 0 invalid."""
-    from .prepare import read_conventions  # prepare imports this module
+CONVENTIONS_FILE = "conventions.json"  # written by ``data.prepare`` into a prepared root
 
+
+def conventions_record(part_seg_void: str, disparity: str) -> dict:
+    """What ``ROOT/conventions.json`` holds: the two choices and the disparity's invalid marker."""
+    return {"part_seg_void": part_seg_void, "disparity": disparity,
+            "disparity_invalid": -1.0 if disparity == "auto-lambda" else 0.0}
+
+
+def read_conventions(root: str) -> dict:
+    """The conventions a prepared root was written with (legacy for roots written before the file existed)."""
+    path = os.path.join(root, CONVENTIONS_FILE)
+    if not os.path.exists(path):
+        return {**conventions_record("ignore", "legacy"), "recorded": False}
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        return {**conventions_record(record["part_seg_void"], record["disparity"]), "recorded": True}
+    except (ValueError, KeyError) as error:
+        raise MalformedDatasetError(f"{path!r} is unreadable ({error}); delete it and prepare the root again "
+                                    f"with `python -m data.prepare cityscapes`") from None
+
+
+def conventions(root: str) -> dict:
+    """The prepared root's conventions (``read_conventions``); the MTAN release's depth is the raw
+    disparity with 0 invalid."""
     if detect_layout(root) == "mtan":
         return {"part_seg_void": None, "disparity": "mtan", "disparity_invalid": 0.0, "recorded": False}
     return read_conventions(root)

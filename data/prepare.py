@@ -49,7 +49,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .common import DatasetNotFoundError, MalformedDatasetError
-from .cityscapes import HOW_TO_GET, SHAPE
+from .cityscapes import CONVENTIONS_FILE, HOW_TO_GET, SHAPE, conventions_record, read_conventions
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,6 @@ RAW_FOLDERS = {"image": ("leftImg8bit", "_leftImg8bit.png"), "labels": ("gtFine"
                "disparity": ("disparity", "_disparity.png"),
                "parts": ("gtFinePanopticParts", "_gtFinePanopticParts.tif")}
 OUTPUTS = ("image", "seg", "part_seg", "disp")
-CONVENTIONS_FILE = "conventions.json"
 PART_SEG_VOID = ("background", "ignore")  # Auto-λ's (default), the earlier one
 DISPARITY = ("auto-lambda", "legacy")  # (p − 1)/1024 with −1 invalid (default); (p − 1)/256/downscale, 0 invalid
 
@@ -108,26 +107,6 @@ def disparity_from_png(values: np.ndarray, downscale: float, unit: str = "auto-l
     if unit == "legacy":
         return np.where(values > 0, (values - 1.0) / 256.0, 0.0) / downscale
     raise ValueError(f"unit must be one of {DISPARITY}, got {unit!r}")
-
-
-def conventions_record(part_seg_void: str, disparity: str) -> dict:
-    """What ``ROOT/conventions.json`` holds: the two choices and the disparity's invalid marker."""
-    return {"part_seg_void": part_seg_void, "disparity": disparity,
-            "disparity_invalid": -1.0 if disparity == "auto-lambda" else 0.0}
-
-
-def read_conventions(root: str) -> dict:
-    """The conventions a prepared root was written with (legacy for roots written before the file existed)."""
-    path = os.path.join(root, CONVENTIONS_FILE)
-    if not os.path.exists(path):
-        return {**conventions_record("ignore", "legacy"), "recorded": False}
-    try:
-        with open(path) as f:
-            record = json.load(f)
-        return {**conventions_record(record["part_seg_void"], record["disparity"]), "recorded": True}
-    except (ValueError, KeyError) as error:
-        raise MalformedDatasetError(f"{path!r} is unreadable ({error}); delete it and prepare the root again "
-                                    f"with `python -m data.prepare cityscapes`") from None
 
 
 def nearest_resize(array: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:

@@ -1,0 +1,67 @@
+"""The tree's shape: no import cycle between modules, no sys.path edits, no long function in the training loop."""
+from __future__ import annotations
+
+import ast
+import os
+
+from tests.conftest import ROOT
+
+PACKAGES = ("methods", "data", "experiments")
+
+
+def modules():
+    for package in PACKAGES:
+        for folder, _, files in os.walk(os.path.join(ROOT, package)):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".").removesuffix(".__init__")
+                    yield module, path
+
+
+def imports_of(module: str, path: str, known: set) -> set:
+    """The repository modules that ``module`` imports (at any depth of its code)."""
+    package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        found |= {name for name in names if name in known and name != module}
+    return found
+
+
+def test_no_import_cycle():
+    paths = dict(modules())
+    graph = {module: imports_of(module, path, set(paths)) for module, path in paths.items()}
+    # a package's __init__ importing its own submodules is not a cycle through the submodule
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for child in graph[node]:
+            if node.startswith(child + "."):  # a module importing its own package's __init__
+                continue
+            if state.get(child) == "open":
+                cycle = stack[stack.index(child):] + [child]
+                raise AssertionError("import cycle: " + " → ".join(cycle))
+            if child not in state:
+                visit(child)
+        stack.pop()
+        state[node] = "done"
+
+    for module in graph:
+        if module not in state:
+            visit(module)
+
+
+def test_no_sys_path_edits():
+    for module, path in modules():
+        assert "sys.path.insert" not in open(path).read(), f"{path}: use `pip install -e .` instead"
