@@ -81,5 +81,8 @@ def differentiable_mean(tensor: torch.Tensor) -> torch.Tensor:
     where a meta-update differentiates a nonlinear function of the losses (AuxiLearn's network) twice."""
     if world_size() == 1:
         return tensor
-    from torch.distributed.nn.functional import all_reduce
-    return all_reduce(tensor) / world_size()
+    import warnings
+    from torch.distributed.nn.functional import all_reduce  # the autograd-aware all-reduce
+    with warnings.catch_warnings():  # deprecated in favour of _functional_collectives, whose version has no backward
+        warnings.simplefilter("ignore", FutureWarning)
+        return all_reduce(tensor) / world_size()

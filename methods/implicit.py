@@ -166,6 +166,9 @@ def implicit_hypergradient(
             raise TypeError("hvp='forward' re-evaluates the training loss: pass it as a function without "
                             "arguments (e.g. lambda: compute_losses(batch).sum()), not as a tensor")
         mode = "reverse"
+    if not bool(torch.isfinite(average([val_loss.detach()])[0]).all()):
+        raise FloatingPointError(f"the meta-validation loss is NaN or infinite ({val_loss.item()}); check the "
+                                 f"meta-validation batch and the model's outputs")
     # frozen parameters (requires_grad False) are no part of θ, as for the optimiser
     parameters = [p for p in parameters if p.requires_grad]
     hyper_parameters = list(hyper_parameters)

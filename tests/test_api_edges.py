@@ -271,3 +271,24 @@ def test_bad_representation(name):
     model, losses = fresh()
     with pytest.raises(TypeError, match="representation must be a tensor"):
         get_method(name, 3).backward(losses, model.shared_parameters(), representation=[1.0])
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_non_finite_meta_validation_loss(name):
+    """A meta-update on a NaN meta-validation loss: a FloatingPointError for methods that learn from it, nothing
+    for the others; the method's state is unchanged either way."""
+    model, losses = fresh()
+    method = get_method(name, 3)
+    method.backward(losses, model.shared_parameters(), model.task_specific_parameters())
+    before = copy.deepcopy(method.state_dict())
+
+    def nan_losses(batch):
+        return model.losses(batch) * float("nan")
+    try:
+        method.meta_update(nan_losses, double_batch(0), double_batch(1), model.shared_parameters())
+    except FloatingPointError as error:
+        assert "meta-validation" in str(error)
+    after = method.state_dict()
+    for key, value in before.items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(after[key], value, rtol=0, atol=0, equal_nan=True)
