@@ -28,7 +28,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, Tuple
 
 import numpy as np
 import torch

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from methods import METHOD_NAMES, get_method  # noqa: E402
+from methods import METHOD_NAMES, get_method  # the package installed with `pip install -e .`
 
 
 class Model(nn.Module):

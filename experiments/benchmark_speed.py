@@ -31,19 +31,18 @@ import sys
 import time
 from typing import Callable, Dict, List
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
 
-from experiments.benchmarks import CIFAR_TASKS, NYUV2_TASKS  # noqa: E402
-from experiments.models import CifarSSLNet, SegNet  # noqa: E402
-from methods import METHOD_NAMES, get_method  # noqa: E402
-from methods import implicit  # noqa: E402
-from methods.gradients import DEFAULT_GRADIENT_MODE, per_task_gradients, write_grad  # noqa: E402
-from methods.nash_solver import CvxpyNashSolver, relative_residual, solve_nash  # noqa: E402
+from experiments.benchmarks import CIFAR_TASKS, NYUV2_TASKS
+from experiments.models import CifarSSLNet, SegNet
+from methods import METHOD_NAMES, get_method
+from methods import implicit
+from methods.gradients import DEFAULT_GRADIENT_MODE, per_task_gradients, write_grad
+from methods.nash_solver import CvxpyNashSolver, relative_residual, solve_nash
 
 log = logging.getLogger("benchmark_speed")
 

@@ -1,7 +1,11 @@
 """Flags shared by every ``train_*.py`` script, and turning them into a ``TrainConfig``.
 
-Method hyperparameters default to None, meaning "the method's own default" (the papers' settings, see
-``methods/``); a flag only reaches the methods whose constructor takes it.
+Method flags are generated from the methods' declarations (``methods/settings.py``): one flag
+``--<method>-<setting>`` per declared setting (e.g. ``--olaux-lr``, ``--auxilearn-meta-lr``), in its own
+namespace, so that no trainer flag can reach a method (the trainer's ``--lr`` once filled OL-AUX's step size).
+The flags in ``SHARED_SETTING_FLAGS`` (``--meta-lr``, ``--max-norm``, …, kept from before the per-method flags)
+set the same-named setting of whichever method runs, where that method declares it; a per-method flag wins over a
+shared one. Every method flag defaults to None, meaning "the method's declared default".
 """
 from __future__ import annotations
 
@@ -9,22 +13,28 @@ import argparse
 import logging
 import os
 import sys
+import typing
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from methods import ALIASES, METHOD_NAMES
+from methods import ALIASES, METHOD_NAMES, METHODS, canonical_name
+from methods.settings import setting_fields
 
 from data import DatasetNotFoundError, MalformedDatasetError
 
 from .benchmarks import Benchmark
 from .benchmarks.base import META_BATCHES
-from .loop import TrainConfig, method_kwargs_from_flags, train
+from .loop import TrainConfig, train
 from .results_io import RunError
 
-# flag name → constructor argument, where they differ
-FLAG_ALIASES = {"olaux_lr": "lr", "cagrad_c": "c", "gcs_weighted": "weighted", "auxilearn_linear": "linear",
-                "olaux_interval": "interval", "olaux_form": "form", "auxilearn_train_on_loss": "train_on_loss"}
+# flags that set the same-named setting of the method that runs, where it declares one (kept from before the
+# per-method flags; their destinations are part of existing runs' identities, so they keep their names)
+SHARED_SETTING_FLAGS = ("meta_lr", "neumann_terms", "neumann_scale", "hypergrad_clip", "max_norm",
+                        "update_weights_every", "solver")
+# destinations that scripts fill for declared settings without a flag of their own: --p (AuxiNash's p and
+# learn_p, see make_config) and train_multimnist.py's --weights (linear scalarisation's weights)
+SCRIPT_SETTINGS = ("p", "learn_p", "weights")
 
 
 def _number(kind: type, low: float, inclusive: bool) -> Callable[[str], Any]:
@@ -66,9 +76,15 @@ def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
                 parser.error(f"argument --{name.replace('_', '-')}: {error}")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None (a method flag left to the method's declared default, said in its help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def base_parser(description: str, lr: float, meta_every: int = 25) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     run = parser.add_argument_group("run")
     run.add_argument("--method", default="auxinash", choices=list(METHOD_NAMES) + list(ALIASES),
                      help="weighting method (see methods/)")
@@ -102,32 +118,86 @@ def base_parser(description: str, lr: float, meta_every: int = 25) -> argparse.A
                      help="stop after this many rounds (epochs / evaluation blocks); continue with --resume")
     run.add_argument("--log-level", default="INFO", type=str.upper,
                      choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    method = parser.add_argument_group("method hyperparameters (default: the method's paper setting)")
-    method.add_argument("--p", type=positive_float, nargs="+", default=None,
+    add_method_flags(parser)
+    return parser
+
+
+def _setting_type(method: type, field) -> Dict[str, Any]:
+    """argparse keywords for a declared setting: type, nargs, choices and range from its declaration."""
+    hint = typing.get_type_hints(method.Settings)[field.name]
+    args = typing.get_args(hint)
+    if type(None) in args:  # Optional[X]
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    choices = field.metadata.get("choices")
+    if choices is not None:
+        return {"choices": list(choices)}
+    zero = field.metadata.get("allow_zero", False)
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if hint is int:
+        return {"type": non_negative_int if zero else positive_int}
+    if hint is float:
+        return {"type": non_negative_float if zero else positive_float}
+    if typing.get_origin(hint) is tuple and args and args[0] is int:
+        return {"type": positive_int, "nargs": "+"}
+    if typing.get_origin(hint) is tuple and args and args[0] is float:
+        return {"type": float, "nargs": "+"}
+    return {"type": str}
+
+
+def _default_text(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def add_method_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per declared method setting (``--<method>-<setting>``), the shared flags and ``--p``."""
+    shared = parser.add_argument_group(
+        "settings shared by methods (set the same-named setting of the method that runs; default: its own)")
+    for name in SHARED_SETTING_FLAGS:
+        owners = [(key, cls) for key, cls in METHODS.items()
+                  for f in setting_fields(cls.Settings) if f.name == name and f.metadata["cli"]]
+        if not owners:
+            raise AssertionError(f"shared method flag --{name} names no method's setting")
+        field = next(f for f in setting_fields(owners[0][1].Settings) if f.name == name)
+        defaults = ", ".join(f"{cls.label} {_default_text(getattr(cls.Settings, name))}" for _, cls in owners)
+        flags = " / ".join(f"--{key}-{name.replace('_', '-')}" for key, _ in owners)
+        shared.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+                            help=f"{flags} of the method that runs (default: {defaults})",
+                            **_setting_type(owners[0][1], field))
+    shared.add_argument("--p", type=positive_float, nargs="+", default=None,
                         help="AuxiNash fixed bargaining powers (not learned): one value = the main task's share, "
                              "the auxiliaries splitting the rest equally; or one value per task")
-    method.add_argument("--meta-lr", type=positive_float, default=None, help="AuxiNash / AuxiLearn meta learning rate")
-    method.add_argument("--neumann-terms", type=non_negative_int, default=None, help="AuxiNash / AuxiLearn Neumann terms")
-    method.add_argument("--neumann-scale", type=positive_float, default=None, help="AuxiNash / AuxiLearn Neumann scale")
-    method.add_argument("--hypergrad-clip", type=positive_float, default=None, help="AuxiNash / AuxiLearn clipping")
-    method.add_argument("--max-norm", type=non_negative_float, default=None, help="Nash-MTL / AuxiNash max update norm")
-    method.add_argument("--update-weights-every", type=positive_int, default=None, help="Nash-MTL / AuxiNash solve period")
-    method.add_argument("--solver", default=None, choices=["newton", "cvxpy"], help="Nash-MTL / AuxiNash solver")
-    method.add_argument("--gcs-weighted", action="store_true", default=None, help="GCS: scale by the cosine")
-    method.add_argument("--olaux-lr", type=positive_float, default=None, help="OL-AUX step size β (default 0.05, ARML)")
-    method.add_argument("--olaux-interval", type=positive_int, default=None,
-                        help="OL-AUX iterations between weight updates (default 20, ARML; independent of --meta-every)")
-    method.add_argument("--olaux-form", default=None, choices=["arml", "accumulated"],
-                        help="OL-AUX update: 'arml' (default) = one SGD step on that iteration's batch, the model not "
-                             "stepping then (ARML's code); 'accumulated' = dot products summed over the interval "
-                             "(Lin et al.'s Alg. 1)")
-    method.add_argument("--auxilearn-linear", action="store_true", default=None, help="AuxiLearn: linear network")
-    method.add_argument("--auxilearn-train-on-loss", action="store_true", default=None,
-                        help="AuxiLearn: the main optimiser also trains the auxiliary network on the training loss "
-                             "(lr 5e-3), as the official AuxiNash trainer does (most likely what the paper's AuxiLearn "
-                             "rows ran); default: the AuxiLearn paper's method (hypergradient only)")
-    method.add_argument("--cagrad-c", type=non_negative_float, default=None, help="CAGrad c")
-    return parser
+    for key, cls in METHODS.items():
+        fields = [f for f in setting_fields(cls.Settings) if f.metadata["cli"]]
+        if not fields:
+            continue
+        group = parser.add_argument_group(f"{cls.label} settings (default: the declared setting, source in brackets)")
+        for field in fields:
+            group.add_argument(f"--{key}-{field.name.replace('_', '-')}", dest=f"{key}_{field.name}", default=None,
+                               help=(f"{field.metadata['help']} (default {_default_text(field.default)}; "
+                                     f"[{field.metadata['source']}])").replace("%", "%%"),
+                               **_setting_type(cls, field))
+
+
+def method_kwargs_from_flags(method: str, flags: Dict[str, Any]) -> Dict[str, Any]:
+    """The settings of ``method`` that the flags set (None means "the declared default"): per declared setting,
+    the per-method flag ``<method>_<setting>``, else a shared flag or a script's destination of the same name;
+    a setting with ``run_setting`` takes that run setting (e.g. the run's seed). Nothing else reaches the
+    method: the trainer's own flags (``lr``, ``seed``, …) never fill a setting of the same name."""
+    key = canonical_name(method)
+    kwargs: Dict[str, Any] = {}
+    for field in setting_fields(METHODS[key].Settings):
+        run_setting = field.metadata.get("run_setting")
+        if run_setting is not None:
+            value = flags.get(run_setting)
+        else:
+            value = flags.get(f"{key}_{field.name}")
+            if value is None and field.name in SHARED_SETTING_FLAGS + SCRIPT_SETTINGS:
+                value = flags.get(field.name)
+        if value is not None:
+            kwargs[field.name] = tuple(value) if isinstance(value, list) else value
+    return kwargs
 
 
 def expand_p(values: Optional[List[float]], n_tasks: int, main_index: int) -> Optional[List[float]]:
@@ -150,7 +220,7 @@ def make_config(args: argparse.Namespace, task_names: List[str], lr_step: Option
     if args.p is not None:
         flags["p"] = expand_p(args.p, len(task_names), task_names.index(main_task) if main_task in task_names else 0)
         flags["learn_p"] = False
-    kwargs = method_kwargs_from_flags(args.method, flags, FLAG_ALIASES)
+    kwargs = method_kwargs_from_flags(args.method, flags)
     return TrainConfig(method=args.method, main_task=main_task, seed=args.seed, lr=args.lr, lr_step=lr_step,
                        meta_every=args.meta_every, amp=args.amp, representation=args.representation, out=args.out,
                        meta_batches=args.meta_batches,

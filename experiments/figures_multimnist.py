@@ -14,20 +14,18 @@ import argparse
 import glob
 import logging
 import os
-import sys
 from typing import List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from experiments.results_io import is_run_folder_name, read_json, run_finished  # noqa: E402
-from methods import canonical_name  # noqa: E402
+from experiments.results_io import is_run_folder_name, read_json, run_finished
+from methods import canonical_name
 
 log = logging.getLogger("figures_multimnist")
 BENCHMARK = "multimnist"

@@ -14,7 +14,6 @@ status.json; one process at a time trains a run folder (``results_io.RunLock``).
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import random
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from methods import METHODS, canonical_name, get_method
+from methods import METHODS, canonical_name, get_method, method_settings
 
 from .benchmarks import Benchmark
 from .results_io import (RUN_RECORD_ENV, RunError, RunLock, check_metrics, environment, identity_difference,
@@ -55,19 +54,6 @@ class TrainConfig:
     stop_after: Optional[int] = None
     method_kwargs: Dict[str, Any] = field(default_factory=dict)
     flags: Dict[str, Any] = field(default_factory=dict)
-
-
-def method_kwargs_from_flags(method: str, flags: Dict[str, Any], aliases: Dict[str, str]) -> Dict[str, Any]:
-    """The flags that ``method``'s constructor accepts, where the user set them (None means 'paper default').
-
-    ``aliases`` maps flag names to constructor argument names (e.g. olaux_lr → lr)."""
-    accepted = inspect.signature(METHODS[canonical_name(method)].__init__).parameters
-    kwargs = {}
-    for flag, value in flags.items():
-        name = aliases.get(flag, flag)
-        if value is not None and name in accepted and name not in ("n_tasks", "main_task", "device"):
-            kwargs[name] = value
-    return kwargs
 
 
 def run_directory(benchmark: Benchmark, config: TrainConfig) -> str:
@@ -207,7 +193,9 @@ def _train_locked(benchmark: Benchmark, config: TrainConfig, run_dir: str) -> st
                            f"again with --force") from None
         start_round, step = state["round"], state["step"]
         log.info("resuming %s at %s %d", run_dir, benchmark.round_unit, start_round)
-    write_json(paths["config"], {**config.flags, **asdict(config), "run_dir": run_dir, "benchmark": benchmark.name,
+    loop_settings = {key: value for key, value in asdict(config).items() if key not in ("flags", "method_kwargs")}
+    write_json(paths["config"], {**config.flags, **loop_settings, "run_dir": run_dir, "benchmark": benchmark.name,
+                                 "method_settings": method_settings(config.method, **config.method_kwargs),
                                  "identity": identity, "identity_digest": digest,
                                  "tasks": list(task_names), "round_unit": benchmark.round_unit,
                                  "selection": benchmark.selection, "device": str(device),

@@ -19,15 +19,14 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from experiments.make_tables import report_selection  # noqa: E402
-from experiments.results_io import RunError, read_json, read_metrics, select_runs  # noqa: E402
+from experiments.make_tables import report_selection
+from experiments.results_io import RunError, read_json, read_metrics, select_runs
 
 log = logging.getLogger("make_figures")
 

@@ -24,13 +24,12 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from experiments.metrics import delta_m  # noqa: E402
-from experiments.results_io import RunError, read_json, read_metrics, run_finished, select_runs  # noqa: E402
+from experiments.metrics import delta_m
+from experiments.results_io import RunError, read_json, read_metrics, run_finished, select_runs
 
 log = logging.getLogger("make_tables")
 LAST_EVALUATIONS = 10

@@ -42,13 +42,11 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import submitit
+
+from experiments.results_io import RUN_RECORD_ENV, RunLockedError, slurm_job  # a torch-free import
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import submitit  # noqa: E402
-
-from experiments.results_io import RUN_RECORD_ENV, RunLockedError, slurm_job  # noqa: E402  (torch-free import)
 
 LOCKED_EXIT = RunLockedError.exit_code  # a training script's exit status when another process trains the run
 KEY_DROPS = {"--out": 1, "--resume": 0, "--force": 0, "--device": 1, "--data-root": 1}

@@ -17,16 +17,14 @@ projection head, constant EMA decay, ReLU WRN). STL forwards the labelled images
 from __future__ import annotations
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data import CifarSSL  # noqa: E402
-from data.cifar import PIPELINES, TASKS  # noqa: E402
-from experiments.benchmarks import CifarSSLBenchmark  # noqa: E402
-from experiments.benchmarks.cifar_ssl import ROTATIONS  # noqa: E402
-from experiments.cli import base_parser, run  # noqa: E402
-from methods import METHODS, canonical_name  # noqa: E402
+from data import CifarSSL
+from data.cifar import PIPELINES, TASKS
+from experiments.benchmarks import CifarSSLBenchmark
+from experiments.benchmarks.cifar_ssl import ROTATIONS
+from experiments.cli import base_parser, run
+from methods import METHODS, canonical_name
 
 
 def build(args) -> CifarSSLBenchmark:

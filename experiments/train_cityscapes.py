@@ -9,13 +9,10 @@ the table averages the test metrics of the last 10 epochs. Tasks: seg, part_seg,
 """
 from __future__ import annotations
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.benchmarks import cityscapes_benchmark  # noqa: E402
-from experiments.cli import base_parser, dense_flags, run  # noqa: E402
+from experiments.benchmarks import cityscapes_benchmark
+from experiments.cli import base_parser, dense_flags, run
 
 
 def main(argv=None) -> str:

@@ -20,14 +20,12 @@ Model selection: both tasks' test accuracy at the epoch of the best mean validat
 from __future__ import annotations
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.multimnist import SOURCES, MultiMnist, PairSpec  # noqa: E402
-from experiments.benchmarks import MultiMnistBenchmark  # noqa: E402
-from experiments.cli import base_parser, non_negative_int, positive_int, run  # noqa: E402
-from methods import canonical_name  # noqa: E402
+from data.multimnist import SOURCES, MultiMnist, PairSpec
+from experiments.benchmarks import MultiMnistBenchmark
+from experiments.cli import base_parser, non_negative_int, positive_int, run
+from methods import canonical_name
 
 PRESETS = {
     # the paper's protocol (Sec. 6.2)

@@ -7,13 +7,10 @@ the table averages the test metrics of the last 10 epochs. Tasks: seg, depth, no
 """
 from __future__ import annotations
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.benchmarks import nyuv2_benchmark  # noqa: E402
-from experiments.cli import base_parser, dense_flags, run  # noqa: E402
+from experiments.benchmarks import nyuv2_benchmark
+from experiments.cli import base_parser, dense_flags, run
 
 
 def main(argv=None) -> str:

@@ -22,25 +22,23 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from typing import Dict, Sequence, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
 
-from experiments.benchmarks import ToyBenchmark  # noqa: E402
-from experiments.benchmarks.toy import DEFAULT_HARMFUL_NOISE, DEFAULT_META_VAL_SIZE  # noqa: E402
-from experiments.cli import non_negative_float, non_negative_int, positive_int  # noqa: E402
-from experiments.loop import TrainConfig, train  # noqa: E402
-from experiments.results_io import atomic_write  # noqa: E402
-from methods import METHOD_NAMES  # noqa: E402
+from experiments.benchmarks import ToyBenchmark
+from experiments.benchmarks.toy import DEFAULT_HARMFUL_NOISE, DEFAULT_META_VAL_SIZE
+from experiments.cli import non_negative_float, non_negative_int, positive_int
+from experiments.loop import TrainConfig, train
+from experiments.results_io import atomic_write
+from methods import METHOD_NAMES
 
 DEFAULT_EPOCHS = 1000
 W_STAR = np.array([1.0, 1.0])

@@ -4,6 +4,10 @@
     method = get_method("auxinash", n_tasks=3, main_task=0)
     info = method.backward(losses, shared_parameters=..., task_specific_parameters=...)
     optimizer.step()
+
+``METHODS`` is the one registry: every list of methods in the repository (training scripts' flags, run_all's
+grid, tables, figures, the speed benchmark) reads it and each class's declarations (``Settings``, ``label``,
+``uses_main_task``, ``has_meta_update``; see ``settings.py``). Adding a method = its file + one line below.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from .gcs import GCS
 from .nashmtl import NashMTL
 from .olaux import OLAUX
 from .pcgrad import PCGrad
+from .settings import as_record, resolve
 from .stl import STL
 
 METHODS: Dict[str, Type[WeightMethod]] = {
@@ -48,11 +53,21 @@ def canonical_name(name: str) -> str:
     return key
 
 
+def method_settings(name: str, **overrides: Any) -> Dict[str, Any]:
+    """Every setting of method ``name`` with ``overrides`` applied, as a dict (what config.json records);
+    TypeError naming an unknown setting and listing the method's settings."""
+    key = canonical_name(name)
+    return as_record(resolve(METHODS[key].Settings, overrides, key))
+
+
 def get_method(name: str, n_tasks: int, main_task: int = 0, device: torch.device | str | None = None,
                **kwargs: Any) -> WeightMethod:
-    """Build method ``name`` (see ``METHOD_NAMES``) with its papers' defaults, overridden by ``kwargs``."""
-    return METHODS[canonical_name(name)](n_tasks=n_tasks, main_task=main_task, device=device, **kwargs)
+    """Build method ``name`` (see ``METHOD_NAMES``) with its papers' defaults (its ``Settings``), overridden by
+    ``kwargs``; TypeError for a keyword that the method does not declare."""
+    key = canonical_name(name)
+    resolve(METHODS[key].Settings, kwargs, key)  # names an unknown setting before the constructor sees it
+    return METHODS[key](n_tasks=n_tasks, main_task=main_task, device=device, **kwargs)
 
 
-__all__ = ["METHOD_NAMES", "METHODS", "get_method", "canonical_name", "WeightMethod", "GradientMethod",
+__all__ = ["METHOD_NAMES", "METHODS", "get_method", "method_settings", "canonical_name", "WeightMethod", "GradientMethod",
            "FixedWeightMethod", *[cls.__name__ for cls in METHODS.values()]]

@@ -25,7 +25,8 @@ unless built under another default) and the weights it returns are cast back to 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -33,6 +34,30 @@ from torch import nn
 from .base import WeightMethod
 from .distributed import average_grads_, differentiable_mean
 from .implicit import implicit_hypergradient
+from .settings import setting
+
+OFFICIAL = "official AuxiNash code (AvivSham/auxinash), as the AuxiLearn code (AvivNavon/AuxiLearn)"
+
+
+@dataclass(frozen=True)
+class AuxiLearnSettings:
+    """AuxiLearn's hyperparameters; defaults: the official AuxiNash code's AuxiLearn baseline."""
+
+    linear: bool = setting(False, "a linear auxiliary network Σ φ_k L_k (False: K → 3 → 3 → 1 with Softplus)",
+                           "AuxiLearn paper Sec. 3 (both); nonlinear in " + OFFICIAL)
+    hidden_sizes: Tuple[int, ...] = setting((3, 3), "hidden layer widths of the nonlinear network", OFFICIAL)
+    meta_lr: float = setting(5e-3, "SGD learning rate of the network", OFFICIAL)
+    meta_momentum: float = setting(0.9, "SGD momentum of the network", OFFICIAL, allow_zero=True)
+    meta_weight_decay: float = setting(5e-4, "SGD weight decay of the network", OFFICIAL, allow_zero=True)
+    neumann_terms: int = setting(3, "Neumann-series terms of the inverse Hessian", OFFICIAL, allow_zero=True)
+    neumann_scale: float = setting(1e-4, "Neumann-series step", OFFICIAL)
+    hypergrad_clip: float = setting(25.0, "clip the hypergradient to this norm", OFFICIAL)
+    seed: int = setting(0, "seed of the network's initialisation", "ours: the run's seed", run_setting="seed")
+    train_on_loss: bool = setting(False, "the main optimiser also trains the network on the training loss",
+                                  "AvivSham/auxinash experiments/nyuv2/trainer.py ~89-98 (True); AuxiLearn paper "
+                                  "(False, our default)")
+    train_on_loss_lr: float = setting(5e-3, "learning rate of the network in the main optimiser (train_on_loss)",
+                                      "AvivSham/auxinash --method-params-lr")
 
 
 class AuxiliaryNetwork(nn.Module):
@@ -71,22 +96,26 @@ class AuxiliaryNetwork(nn.Module):
 class AuxiLearn(WeightMethod):
     """A learned auxiliary network combines the losses; it is trained on the main task's validation loss."""
 
+    Settings = AuxiLearnSettings
+    label = "AuxiLearn"
+    has_meta_update = True
+
     def __init__(
         self,
         n_tasks: int,
         main_task: int = 0,
         device=None,
-        linear: bool = False,
-        hidden_sizes: Sequence[int] = (3, 3),
-        meta_lr: float = 5e-3,
-        meta_momentum: float = 0.9,
-        meta_weight_decay: float = 5e-4,
-        neumann_terms: int = 3,
-        neumann_scale: float = 1e-4,
-        hypergrad_clip: float = 25.0,
-        seed: int = 0,
-        train_on_loss: bool = False,
-        train_on_loss_lr: float = 5e-3,
+        linear: bool = AuxiLearnSettings.linear,
+        hidden_sizes: Sequence[int] = AuxiLearnSettings.hidden_sizes,
+        meta_lr: float = AuxiLearnSettings.meta_lr,
+        meta_momentum: float = AuxiLearnSettings.meta_momentum,
+        meta_weight_decay: float = AuxiLearnSettings.meta_weight_decay,
+        neumann_terms: int = AuxiLearnSettings.neumann_terms,
+        neumann_scale: float = AuxiLearnSettings.neumann_scale,
+        hypergrad_clip: float = AuxiLearnSettings.hypergrad_clip,
+        seed: int = AuxiLearnSettings.seed,
+        train_on_loss: bool = AuxiLearnSettings.train_on_loss,
+        train_on_loss_lr: float = AuxiLearnSettings.train_on_loss_lr,
     ) -> None:
         super().__init__(n_tasks, main_task, device)
         with torch.random.fork_rng(devices=[]):

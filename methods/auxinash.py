@@ -20,22 +20,52 @@ momentum 0.9), is clamped at ≥ 1e-4 and rescaled to sum to K: the official cod
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from .base import GradientMethod, LossFunction
 from .gradients import TaskGradients
-from .implicit import implicit_hypergradient
+from .implicit import HVP_MODES, implicit_hypergradient
 from .nash_solver import CvxpyNashSolver, nash_alpha_derivative, solve_nash
+from .settings import setting
 
 SOLVERS = ("newton", "cvxpy")
+OFFICIAL = "official AuxiNash code (AvivSham/auxinash), ../shared/PAPER.md 'Learning the bargaining power'"
+
+
+@dataclass(frozen=True)
+class AuxiNashSettings:
+    """AuxiNash's hyperparameters; defaults: the paper (Sec. 4) and its official code."""
+
+    p: Optional[Tuple[float, ...]] = setting(None, "fixed bargaining powers (one per task; None: all 1)",
+                                             "paper Table 8 (fixed-p ablation); set with a script's --p", cli=False)
+    learn_p: bool = setting(True, "learn p by implicit differentiation (False: keep p fixed)", "paper Alg. 1",
+                            cli=False)
+    max_norm: float = setting(1.0, "clip the shared update to this norm (0: no clipping)",
+                              "Nash-MTL code (AvivNavon/nash-mtl, max_norm=1.0), kept by the official AuxiNash code", allow_zero=True)
+    update_weights_every: int = setting(1, "steps between Nash solves; α is reused in between",
+                                        "Nash-MTL code (update_weights_every=1)")
+    meta_lr: float = setting(5e-3, "SGD learning rate of p", OFFICIAL)
+    meta_momentum: float = setting(0.9, "SGD momentum of p", OFFICIAL, allow_zero=True)
+    neumann_terms: int = setting(3, "Neumann-series terms of the inverse Hessian", OFFICIAL + " (as AuxiLearn)", allow_zero=True)
+    neumann_scale: float = setting(1e-4, "Neumann-series step", OFFICIAL + " (as AuxiLearn)")
+    hypergrad_clip: float = setting(1.0, "clip the hypergradient of p to this norm", OFFICIAL)
+    min_p: float = setting(1e-4, "p is clamped at this value before being rescaled to sum to K", OFFICIAL)
+    solver: str = setting("newton", "Nash solver: our exact Newton solve or the reference CVXPY program",
+                          "ours; 'cvxpy' = the official/Nash-MTL program", choices=SOLVERS)
+    hvp: Optional[str] = setting(None, "Hessian-vector products of the meta-update (None: implicit.DEFAULT_HVP_MODE)",
+                                 "ours (both exact)", choices=HVP_MODES)
 
 
 class AuxiNash(GradientMethod):
     """Asymmetric Nash bargaining with learned bargaining power p."""
 
+    Settings = AuxiNashSettings
+    label = "AuxiNash"
+    has_meta_update = True
     state_tensors = ("p", "alpha", "gram", "momentum_buffer")
     reports_p = True  # backward's info carries p (logged as p_<task> by the training loop)
 
@@ -44,18 +74,18 @@ class AuxiNash(GradientMethod):
         n_tasks: int,
         main_task: int = 0,
         device: torch.device | str | None = None,
-        p: Optional[Sequence[float]] = None,
-        learn_p: bool = True,
-        max_norm: float = 1.0,
-        update_weights_every: int = 1,
-        meta_lr: float = 5e-3,
-        meta_momentum: float = 0.9,
-        neumann_terms: int = 3,
-        neumann_scale: float = 1e-4,
-        hypergrad_clip: float = 1.0,
-        min_p: float = 1e-4,
-        solver: str = "newton",
-        hvp: Optional[str] = None,
+        p: Optional[Sequence[float]] = AuxiNashSettings.p,
+        learn_p: bool = AuxiNashSettings.learn_p,
+        max_norm: float = AuxiNashSettings.max_norm,
+        update_weights_every: int = AuxiNashSettings.update_weights_every,
+        meta_lr: float = AuxiNashSettings.meta_lr,
+        meta_momentum: float = AuxiNashSettings.meta_momentum,
+        neumann_terms: int = AuxiNashSettings.neumann_terms,
+        neumann_scale: float = AuxiNashSettings.neumann_scale,
+        hypergrad_clip: float = AuxiNashSettings.hypergrad_clip,
+        min_p: float = AuxiNashSettings.min_p,
+        solver: str = AuxiNashSettings.solver,
+        hvp: Optional[str] = AuxiNashSettings.hvp,
     ) -> None:
         super().__init__(n_tasks, main_task, device)
         if solver not in SOLVERS:

@@ -25,6 +25,7 @@ import torch
 from .checks import check_losses, check_parameters, check_representation
 from .distributed import average_grads_, average_one, is_distributed, sum_one, world_size
 from .gradients import TaskGradients, accumulation_dtype, per_task_gradients, write_grad
+from .settings import NoSettings
 
 LossFunction = Callable[[Any], torch.Tensor]
 """Maps a batch to the K per-task losses (a 1-D tensor), running the model's forward pass."""
@@ -33,6 +34,13 @@ LossFunction = Callable[[Any], torch.Tensor]
 class WeightMethod:
     """Base class: a method with K tasks, one of which (``main_task``) is the main task."""
 
+    #: the method's hyperparameters: a frozen dataclass of ``settings.setting`` fields (see ``methods/settings.py``);
+    #: the constructor takes exactly these keyword arguments, with these defaults
+    Settings: type = NoSettings
+    #: the row name in the paper's tables
+    label: str = ""
+    #: True when ``meta_update`` learns something (AuxiNash's p, AuxiLearn's network); a no-op otherwise
+    has_meta_update: bool = False
     #: False for multi-task methods, whose update does not depend on which task is the main one
     uses_main_task: bool = True
     #: names of tensor attributes that make up the method's learned state (saved, loaded, moved by ``to``)

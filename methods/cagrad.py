@@ -18,11 +18,22 @@ round, instead of a general-purpose optimiser. Task-specific heads are trained b
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from .base import GradientMethod
 from .gradients import TaskGradients
+from .settings import setting
+
+
+@dataclass(frozen=True)
+class CAGradSettings:
+    """CAGrad's hyperparameter."""
+
+    c: float = setting(0.4, "radius of the ball around the average gradient, in units of its norm",
+                       "Nash-MTL's experiments (AvivNavon/nash-mtl) and the official AuxiNash code: c = 0.4", allow_zero=True)
 
 EPS = 1e-8  # inside the square root, as in the reference implementation
 
@@ -74,9 +85,12 @@ def solve_cagrad(gram: np.ndarray, radius: float, gap: float = 1e-10, eps: float
 class CAGrad(GradientMethod):
     """Maximise the worst task improvement within a ball around the average gradient."""
 
+    Settings = CAGradSettings
+    label = "CAGrad"
+    has_meta_update = False
     uses_main_task = False  # a multi-task method: one model serves every task
 
-    def __init__(self, n_tasks: int, main_task: int = 0, device=None, c: float = 0.4) -> None:
+    def __init__(self, n_tasks: int, main_task: int = 0, device=None, c: float = CAGradSettings.c) -> None:
         super().__init__(n_tasks, main_task, device)
         self.c = c
 

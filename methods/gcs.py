@@ -7,16 +7,31 @@ shared parameters, as in the official AuxiNash code. Every task-specific head is
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .base import GradientMethod
 from .gradients import TaskGradients
+from .settings import setting
+
+
+@dataclass(frozen=True)
+class GCSSettings:
+    """GCS's variant."""
+
+    weighted: bool = setting(False, "scale each auxiliary gradient by its positive cosine (False: keep or drop it)",
+                             "Du et al. 2018 Alg. 1 (unweighted) and Sec. 3 (weighted); the official AuxiNash code")
 
 
 class GCS(GradientMethod):
     """Keep an auxiliary gradient only when it points into the main task's half-space."""
 
-    def __init__(self, n_tasks: int, main_task: int = 0, device=None, weighted: bool = False) -> None:
+    Settings = GCSSettings
+    label = "GCS"
+    has_meta_update = False
+
+    def __init__(self, n_tasks: int, main_task: int = 0, device=None, weighted: bool = GCSSettings.weighted) -> None:
         super().__init__(n_tasks, main_task, device)
         self.weighted = weighted
 

@@ -6,14 +6,32 @@ weighted loss on the other steps) and ``max_norm`` clips the shared gradient, as
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .auxinash import AuxiNash
+from .auxinash import SOLVERS, AuxiNash
+from .settings import setting
+
+NASH_MTL = "Nash-MTL code (AvivNavon/nash-mtl, methods/weight_methods.py NashMTL)"
+
+
+@dataclass(frozen=True)
+class NashMTLSettings:
+    """Nash-MTL's hyperparameters; defaults: its official code."""
+
+    max_norm: float = setting(1.0, "clip the shared update to this norm (0: no clipping)", NASH_MTL, allow_zero=True)
+    update_weights_every: int = setting(1, "steps between Nash solves; α is reused in between", NASH_MTL)
+    solver: str = setting("newton", "Nash solver: our exact Newton solve or the reference CVXPY program",
+                          "ours; 'cvxpy' = " + NASH_MTL, choices=SOLVERS)
 
 
 class NashMTL(AuxiNash):
     """Nash-MTL (Navon et al., ICML 2022): the symmetric bargaining solution, p = 1, nothing learned."""
 
+    Settings = NashMTLSettings
+    label = "Nash-MTL"
+    has_meta_update = False
     uses_main_task = False  # a multi-task method: one model serves every task
     reports_p = False  # p is fixed at 1
 
@@ -22,9 +40,9 @@ class NashMTL(AuxiNash):
         n_tasks: int,
         main_task: int = 0,
         device: torch.device | str | None = None,
-        max_norm: float = 1.0,
-        update_weights_every: int = 1,
-        solver: str = "newton",
+        max_norm: float = NashMTLSettings.max_norm,
+        update_weights_every: int = NashMTLSettings.update_weights_every,
+        solver: str = NashMTLSettings.solver,
     ) -> None:
         super().__init__(n_tasks, main_task, device, p=None, learn_p=False, max_norm=max_norm,
                          update_weights_every=update_weights_every, solver=solver)

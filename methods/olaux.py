@@ -39,23 +39,44 @@ Both forms count the iterations themselves in ``backward`` (``self.step``, saved
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
 
 from .base import GradientMethod
 from .gradients import TaskGradients
+from .settings import setting
 
 FORMS = ("arml", "accumulated")
+ARML = "ARML's CIFAR code (bfshi/ARML_Auxiliary_Task_Reweighting)"
+
+
+@dataclass(frozen=True)
+class OLAUXSettings:
+    """OL-AUX's hyperparameters; defaults: ARML's CIFAR code (there is no official OL-AUX code)."""
+
+    lr: float = setting(0.05, "step size β of the auxiliary weights (not the model's learning rate)",
+                        ARML + " SSL/config.py task_weighter_lr")
+    interval: int = setting(20, "iterations between weight updates (independent of the loop's --meta-every)",
+                            ARML + " SSL/train.py iteration % 20")
+    form: str = setting("arml", "'arml': one SGD step on that iteration's batch, the model not stepping then; "
+                        "'accumulated': dot products summed over the interval (Lin et al.'s Alg. 1)",
+                        ARML + " SSL/train.py; Lin et al. 2019 Alg. 1", choices=FORMS)
+    initial_weight: float = setting(1.0, "initial weight of every auxiliary", ARML + " SSL/lib/task_weighter.py", allow_zero=True)
 
 
 class OLAUX(GradientMethod):
     """Auxiliary weights adapted online from main/auxiliary gradient agreement."""
 
+    Settings = OLAUXSettings
+    label = "OL-AUX"
+    has_meta_update = False  # its weights are updated inside backward, on their own interval
     state_tensors = ("weights", "accumulated_dots")
 
-    def __init__(self, n_tasks: int, main_task: int = 0, device=None, lr: float = 0.05, interval: int = 20,
-                 form: str = "arml", initial_weight: float = 1.0) -> None:
+    def __init__(self, n_tasks: int, main_task: int = 0, device=None, lr: float = OLAUXSettings.lr,
+                 interval: int = OLAUXSettings.interval, form: str = OLAUXSettings.form,
+                 initial_weight: float = OLAUXSettings.initial_weight) -> None:
         super().__init__(n_tasks, main_task, device)
         if form not in FORMS:
             raise ValueError(f"OL-AUX form must be one of {FORMS} (--olaux-form), got {form!r}")

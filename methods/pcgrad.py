@@ -8,12 +8,22 @@ is a combination of the original ones, so the surgery runs on the K × K Gram ma
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict
 
 import torch
 
 from .base import GradientMethod
 from .gradients import TaskGradients
+from .settings import setting
+
+
+@dataclass(frozen=True)
+class PCGradSettings:
+    """PCGrad's random task order is seeded by the run."""
+
+    seed: int = setting(0, "seed of the random order over the other tasks", "Yu et al. 2020 Alg. 1 (random order)",
+                        run_setting="seed")
 
 
 def pcgrad_weights(gram: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -33,9 +43,12 @@ def pcgrad_weights(gram: torch.Tensor, generator: torch.Generator) -> torch.Tens
 class PCGrad(GradientMethod):
     """Sum of the per-task gradients after removing their pairwise conflicts."""
 
+    Settings = PCGradSettings
+    label = "PCGrad"
+    has_meta_update = False
     uses_main_task = False  # a multi-task method: one model serves every task
 
-    def __init__(self, n_tasks: int, main_task: int = 0, device=None, seed: int = 0) -> None:
+    def __init__(self, n_tasks: int, main_task: int = 0, device=None, seed: int = PCGradSettings.seed) -> None:
         super().__init__(n_tasks, main_task, device)
         self.generator = torch.Generator().manual_seed(seed)
 

@@ -14,6 +14,8 @@ class STL(FixedWeightMethod):
     supervised baseline, as ARML's ``--alg supervised``); the skipped losses are reported as 0.
     """
 
+    label = "STL"
+    has_meta_update = False
     needs_auxiliary_losses = False
 
     def task_weights(self) -> torch.Tensor:

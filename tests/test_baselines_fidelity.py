@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import loop
 from experiments.benchmarks import Benchmark, ToyBenchmark, nyuv2_benchmark
 from experiments.loop import TrainConfig, train
 from methods import get_method
@@ -518,10 +517,11 @@ def test_meta_batches_official_refused_where_unsupported():
 
 
 def test_cli_flags_reach_the_methods():
-    from experiments.cli import FLAG_ALIASES
-    flags = {"olaux_interval": 5, "olaux_form": "accumulated", "auxilearn_train_on_loss": True, "olaux_lr": None}
-    assert loop.method_kwargs_from_flags("olaux", flags, FLAG_ALIASES) == {"interval": 5, "form": "accumulated"}
-    assert loop.method_kwargs_from_flags("auxilearn", flags, FLAG_ALIASES) == {"train_on_loss": True}
+    from experiments.cli import method_kwargs_from_flags
+    flags = {"olaux_interval": 5, "olaux_form": "accumulated", "auxilearn_train_on_loss": True, "olaux_lr": None,
+             "lr": 1e-4, "seed": 0}
+    assert method_kwargs_from_flags("olaux", flags) == {"interval": 5, "form": "accumulated"}
+    assert method_kwargs_from_flags("auxilearn", flags) == {"train_on_loss": True, "seed": 0}
 
 
 # -- tables ---------------------------------------------------------------------------------------------------------

@@ -298,7 +298,7 @@ def test_tiny_sweep_writes_table_and_figure(tmp_path):
     train_rows = metrics[metrics.split == "train"]
     assert train_rows.p_left.iloc[-1] / train_rows.p_right.iloc[-1] == pytest.approx(9.0)  # p stays fixed
     assert {"left_acc", "right_acc"} <= set(metrics[metrics.split == "test"].dropna(axis=1).columns)
-    assert json.load(open(os.path.join(run_dirs[4], "config.json")))["method_kwargs"] == {"weights": [0.1, 0.9]}
+    assert json.load(open(os.path.join(run_dirs[4], "config.json")))["method_settings"] == {"weights": [0.1, 0.9]}
 
     tables = make_tables.make_tables(results)
     figures = make_figures.make_figures(results)
