@@ -10,7 +10,9 @@ Reads every file through the same loaders the training scripts use, checks shape
 (finite values, images in [0, 1], labels in [−1, C−1], depth / disparity ≥ 0 or the invalid marker, normals unit
 length or zero; Cityscapes part_seg without −1 where the root's conventions.json says Auto-λ's background
 convention) and prints
-counts, shapes, value ranges and the class histogram. Exits with status 1 and the error on a malformed dataset.
+counts, shapes, value ranges and the class histogram, and names the items whose target has no valid pixel at all
+(reported, not rejected: such a batch trains that task with loss 0). Exits with status 1 and the error on a
+malformed dataset.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ def summarise_dense(dataset: DenseDataset, expected_count: int, no_ignore: tuple
     lines = {}
     stats: Dict[str, list] = {}
     histograms: Dict[str, np.ndarray] = {}
+    without_valid: Dict[str, list] = {}  # items of a target with no valid entry: reported, not rejected
     for index in tqdm(range(dataset.size), desc=f"{dataset.split}", unit="item", leave=False):
         item = dataset.load(index)
         for target in dataset.targets:
@@ -43,6 +46,8 @@ def summarise_dense(dataset: DenseDataset, expected_count: int, no_ignore: tuple
                     raise MalformedDatasetError(f"{path!r}: {int((value < 0).sum())} pixels of {key} are −1, but "
                                                 "the root's conventions.json says background 0 with no ignore label "
                                                 "(prepare it again with `python -m data.prepare cityscapes`)")
+                if not (value >= 0).any():
+                    without_valid.setdefault(key, []).append(path)
                 counts = np.bincount(value[value >= 0].ravel(), minlength=target.n_classes)
                 histograms[key] = histograms.get(key, 0) + counts
                 stats.setdefault(key, []).append(((value < 0).mean(),))
@@ -64,6 +69,8 @@ def summarise_dense(dataset: DenseDataset, expected_count: int, no_ignore: tuple
                                                 f"{norms[valid].max():.3g}, expected unit vectors (zero = invalid)")
             invalid = target.invalid if target.kind in ("depth", "disparity") else 0
             valid = value[value != invalid] if target.kind != "image" else value
+            if target.kind != "image" and not valid.size:
+                without_valid.setdefault(key, []).append(path)
             stats.setdefault(key, []).append((valid.min() if valid.size else 0, valid.max() if valid.size else 0,
                                               (value == invalid).mean()))
     note = "" if dataset.size == expected_count else f" (the release has {expected_count})"
@@ -77,6 +84,11 @@ def summarise_dense(dataset: DenseDataset, expected_count: int, no_ignore: tuple
             low, high = min(r[0] for r in rows), max(r[1] for r in rows)
             invalid = 100 * np.mean([r[2] for r in rows])
             lines[key] = f"range [{low:.4g}, {high:.4g}]" + ("" if key == "image" else f", invalid {invalid:.1f}%")
+        if key in without_valid:
+            paths = without_valid[key]
+            shown = ", ".join(repr(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+            lines[key] += (f"; {len(paths)} item(s) without any valid {key} pixel (kept: in a batch of their own they "
+                           f"train {key} with loss 0): {shown}")
     return lines
 
 

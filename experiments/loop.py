@@ -231,6 +231,7 @@ def _train_rounds(benchmark, config, run_dir, paths, digest, model, method, opti
         model.train()
         started = time.time()
         loss_sum = torch.zeros(len(task_names), device=device)
+        loss_count = torch.zeros(len(task_names), device=device)  # batches with a valid target, per task
         weight_sum = torch.zeros(len(task_names), device=device)
         last_info: Dict[str, torch.Tensor] = {}
         steps_in_round = 0
@@ -240,21 +241,31 @@ def _train_rounds(benchmark, config, run_dir, paths, digest, model, method, opti
             with autocast:
                 losses, representation = benchmark.losses(model, batch)
             losses = losses.float()
-            info = method.backward(losses, shared, specific,
-                                   representation=representation if config.representation else None)
+            try:
+                info = method.backward(losses, shared, specific,
+                                       representation=representation if config.representation else None)
+            except FloatingPointError as error:  # a NaN or infinite loss: stop before the model takes it
+                raise FloatingPointError(f"non-finite training loss in {benchmark.round_unit} {round_index}, step "
+                                         f"{step + 1} ({error}); the last checkpoint in {run_dir} is from before it: "
+                                         f"check the data, or lower --lr (new settings make a new run: add "
+                                         f"--force, or keep this one with another --tag)") from None
             optimizer.step()
             if hasattr(model, "after_step"):
                 model.after_step()
             step += 1
             steps_in_round += 1
-            loss_sum += losses.detach()
+            valid = benchmark.valid_targets(batch).to(device, torch.float32)
+            loss_sum += losses.detach() * valid
+            loss_count += valid
             weight_sum += info["weights"].detach().to(device, torch.float32)
             last_info = info
             if step % config.meta_every == 0:
                 method.meta_update(compute_losses, *benchmark.meta_batches(batch, config.meta_batches), shared)
         scheduler.step()
-        mean_losses = (loss_sum / max(steps_in_round, 1)).tolist()
-        if not all(np.isfinite(mean_losses)):
+        # a task without a valid target in any batch of the round has no mean loss (NaN), which is no error
+        counted = loss_count.tolist()
+        mean_losses = [s / c if c else float("nan") for s, c in zip(loss_sum.tolist(), counted)]
+        if not all(np.isfinite(v) for v, c in zip(mean_losses, counted) if c):
             raise FloatingPointError(f"non-finite training loss in {benchmark.round_unit} {round_index} "
                                      f"({dict(zip(task_names, mean_losses))}); the last checkpoint in {run_dir} "
                                      f"is from before it: check the data, or lower --lr (new settings make a new run: add --force, "

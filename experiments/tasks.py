@@ -12,6 +12,8 @@ code) and its metrics, together.
 - classification: cross-entropy, −1 ignored; metric accuracy;
 - regression (the illustrative example): mean squared error;
 - exemplar (Exemplar-MT): its loss is computed by the CIFAR benchmark (teacher features); no metric.
+Every loss over valid entries is 0, with a zero gradient, on a batch without any valid entry for that task (an
+image whose label map is all −1, a batch of unlabelled CIFAR images); ``has_valid_target`` says which.
 Metric columns are ``<task>_<metric>``; ``table_metrics`` lists those that enter the paper's tables and Δm.
 """
 from __future__ import annotations
@@ -60,17 +62,32 @@ class Task:
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         prediction = prediction.float()
         if self.kind in ("segmentation", "classification"):
-            return F.cross_entropy(prediction, target, ignore_index=-1)
+            # the mean over labelled pixels / items (F.cross_entropy's ignore_index=-1 mean), but 0 with a zero
+            # gradient where the batch has none (F.cross_entropy gives 0/0 = NaN there)
+            total = F.cross_entropy(prediction, target, ignore_index=-1, reduction="sum")
+            return total / (target != -1).sum().clamp(min=1)
         if self.kind in ("depth", "disparity"):
             valid = (target != self.invalid).float()
             return ((prediction - target).abs() * valid).sum() / valid.sum().clamp(min=1)
         if self.kind == "regression":
-            return F.mse_loss(prediction, target)
-        if self.kind == "normal":
+            return F.mse_loss(prediction, target, reduction="sum") / max(target.numel(), 1)
+        if self.kind == "normal":  # 1 − mean cosine over valid pixels, written so that no valid pixel gives 0
             valid = (target.norm(dim=1, keepdim=True) != 0).float()
             cosine = (F.normalize(prediction, dim=1) * target * valid).sum()
-            return 1 - cosine / valid.sum().clamp(min=1)
+            return (valid.sum() - cosine) / valid.sum().clamp(min=1)
         raise ValueError(f"unknown task kind {self.kind!r}")
+
+    def has_valid_target(self, target: torch.Tensor) -> torch.Tensor:
+        """Whether ``target`` holds any valid entry (a 0-d bool tensor on its device: no synchronisation). A task
+        without one contributes loss 0 (gradient 0) to its batch, and the batch does not count in the epoch's
+        mean loss of that task."""
+        if self.kind in ("segmentation", "classification"):
+            return (target != -1).any()
+        if self.kind in ("depth", "disparity"):
+            return (target != self.invalid).any()
+        if self.kind == "normal":
+            return (target != 0).any()
+        return torch.tensor(target.numel() > 0, device=target.device)
 
     def accumulator(self):
         if self.kind == "segmentation":

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .base import WeightMethod
+from .distributed import average_grads_, differentiable_mean
 from .implicit import implicit_hypergradient
 from .settings import setting
 
@@ -138,12 +139,17 @@ class AuxiLearn(WeightMethod):
         return losses.to(next(self.network.parameters()).dtype)
 
     def backward(self, losses, shared_parameters=(), task_specific_parameters=(), representation=None):
+        # the network's weights are taken at the losses' values averaged over the ranks under torch.distributed
+        # (the union batch's mean losses); ``values`` is ``losses.detach()`` otherwise
+        values, shared, specific = self.check_inputs(losses, shared_parameters, task_specific_parameters,
+                                                     representation)
         self.network.clamp_()
-        detached = self._network_input(losses.detach()).requires_grad_(True)
+        detached = self._network_input(values).requires_grad_(True)
         parameters = list(self.network.parameters()) if self.train_on_loss else []
         with torch.enable_grad():
             weights, *parameter_grads = torch.autograd.grad(self.network(detached), [detached, *parameters])
         losses.backward(weights.to(losses.dtype))  # = ∇_θ h_φ(L(θ)): the chain rule through the network
+        average_grads_(shared + specific)  # torch.distributed: the union batch's gradient (no-op otherwise)
         for parameter, gradient in zip(parameters, parameter_grads):  # ∂L_T/∂φ for the main optimiser
             parameter.grad = gradient if parameter.grad is None else parameter.grad + gradient
         self.step += 1
@@ -154,8 +160,8 @@ class AuxiLearn(WeightMethod):
         shared = list(shared_parameters)
         val_loss = compute_losses(val_batch)[self.main_task]
         parameters = list(self.network.parameters())
-        def train_loss():
-            return self.network(self._network_input(compute_losses(train_batch)))
+        def train_loss():  # under torch.distributed: h_φ of the union batch's mean losses (differentiable mean)
+            return self.network(self._network_input(differentiable_mean(compute_losses(train_batch))))
 
         hypergradients = implicit_hypergradient(val_loss, train_loss, shared, parameters, self.neumann_terms,
                                                 self.neumann_scale)

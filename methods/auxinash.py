@@ -142,7 +142,7 @@ class AuxiNash(GradientMethod):
             alpha = self._cvxpy.solve(gram.numpy(), alpha0=self.alpha.numpy())
         self.gram = gram
         self.alpha = torch.from_numpy(np.asarray(alpha, dtype=np.float64))
-        weights = self.alpha.to(grads.shared.device, grads.shared.dtype)
+        weights = self.alpha.to(grads.shared.device)  # float64; the base casts it for the combination
         return weights, weights, {"weights": weights}
 
     def backward(self, losses, shared_parameters, task_specific_parameters=(), representation=None):

@@ -22,7 +22,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
-from .gradients import TaskGradients, per_task_gradients, write_grad
+from .checks import check_losses, check_parameters, check_representation
+from .distributed import average_grads_, average_one, is_distributed, sum_one, world_size
+from .gradients import TaskGradients, accumulation_dtype, per_task_gradients, write_grad
 from .settings import NoSettings
 
 LossFunction = Callable[[Any], torch.Tensor]
@@ -105,6 +107,15 @@ class WeightMethod:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_tasks={self.n_tasks}, main_task={self.main_task})"
 
+    # -- the API edge, the same for every method (``checks``) ------------------------------------------------
+    def check_inputs(self, losses, shared_parameters, task_specific_parameters, representation=None):
+        """(detached loss values, averaged over ranks; trainable shared list; trainable task-specific list)."""
+        name = type(self).__name__
+        values = check_losses(losses, self.n_tasks, name)
+        shared, specific = check_parameters(shared_parameters, task_specific_parameters, name)
+        check_representation(representation, name)
+        return values, shared, specific
+
 
 def weighted_sum_backward(
     losses: torch.Tensor,
@@ -133,6 +144,22 @@ class GradientMethod(WeightMethod):
     def combine(self, grads: TaskGradients) -> tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def task_gradients(self, losses: torch.Tensor, shared: List[torch.Tensor], specific: List[torch.Tensor],
+                       representation: Optional[torch.Tensor] = None) -> TaskGradients:
+        """The per-task gradients of (trainable) ``shared`` or of ``representation``, and of ``specific``.
+
+        Under torch.distributed the shared rows are averaged over the ranks (the per-task gradients of the union
+        batch's mean losses); with a representation, whose rows are per-sample and stay local, the Gram matrix is
+        that of the union batch's representation gradients instead, Σ_r G_r G_rᵀ / W². Task-specific rows stay
+        local: their combination is averaged in ``backward``."""
+        grads = per_task_gradients(losses, [representation] if representation is not None else shared, specific)
+        if is_distributed():
+            if representation is None:
+                grads.shared = average_one(grads.shared)
+            else:
+                grads.gram_override = sum_one(grads.gram()) / world_size() ** 2
+        return grads
+
     def backward(
         self,
         losses: torch.Tensor,
@@ -140,28 +167,33 @@ class GradientMethod(WeightMethod):
         task_specific_parameters: Iterable[torch.Tensor] = (),
         representation: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
-        shared = list(shared_parameters)
-        specific = list(task_specific_parameters)
+        _, shared, specific = self.check_inputs(losses, shared_parameters, task_specific_parameters, representation)
         reused = self.reused_weights()
         if reused is not None:  # weights kept from an earlier step: one backward of the weighted sum
             weighted_sum_backward(losses, reused)
+            average_grads_(shared + specific)
             if self.max_norm > 0:
                 torch.nn.utils.clip_grad_norm_(shared, self.max_norm)
             self.step += 1
             return {"weights": reused.detach()}
-        grads = per_task_gradients(losses, [representation] if representation is not None else shared, specific)
+        grads = self.task_gradients(losses, shared, specific, representation)
         shared_weights, specific_weights, info = self.combine(grads)
-        combined = shared_weights.to(grads.shared.dtype) @ grads.shared
+        dtype = accumulation_dtype(grads.shared.dtype)  # Σ w_k g_k in float32 at least, cast to the parameters'
+        shared_weights = shared_weights.detach().to(grads.shared.device, dtype)
+        specific_weights = specific_weights.detach().to(grads.task_specific.device, dtype)
+        combined = shared_weights @ grads.shared.to(dtype)
         if representation is not None:
-            representation.backward(combined.view_as(representation))
+            representation.backward(combined.view_as(representation).to(representation.dtype))
+            average_grads_(shared)  # the encoder's part of the union gradient is the mean of the ranks' parts
         else:
-            write_grad(shared, combined)
+            write_grad(shared, combined, grads.shared_used)
         if specific:
-            write_grad(specific, specific_weights.to(grads.task_specific.dtype) @ grads.task_specific)
+            combined_specific = average_one(specific_weights @ grads.task_specific.to(dtype))
+            write_grad(specific, combined_specific, grads.specific_used)
         if self.max_norm > 0:
             torch.nn.utils.clip_grad_norm_(shared, self.max_norm)
         self.step += 1
-        info.setdefault("weights", shared_weights.detach())
+        info["weights"] = shared_weights
         return info
 
 
@@ -178,7 +210,9 @@ class FixedWeightMethod(WeightMethod):
         task_specific_parameters: Iterable[torch.Tensor] = (),
         representation: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
+        _, shared, specific = self.check_inputs(losses, shared_parameters, task_specific_parameters, representation)
         weights = self.task_weights().to(losses.device)
         weighted_sum_backward(losses, weights)
+        average_grads_(shared + specific)  # torch.distributed: the union batch's gradient (no-op otherwise)
         self.step += 1
         return {"weights": weights}

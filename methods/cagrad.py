@@ -110,5 +110,5 @@ class CAGrad(GradientMethod):
             lam = radius / (np.sqrt(max(w @ normalised @ w, 0.0)) + 1e-8 / np.sqrt(scale))
             weights = (np.full(self.n_tasks, 1.0 / self.n_tasks) + lam * w) / (1 + self.c**2)
         weights = self.n_tasks * weights  # the official code's ``newgrad * n_tasks`` (see the module docstring)
-        weights = torch.as_tensor(weights, dtype=torch.float32, device=grads.shared.device)
+        weights = torch.as_tensor(weights, dtype=torch.float64, device=grads.shared.device)
         return weights, torch.ones_like(weights), {"weights": weights}

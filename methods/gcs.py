@@ -36,7 +36,7 @@ class GCS(GradientMethod):
         self.weighted = weighted
 
     def combine(self, grads: TaskGradients):
-        gram = grads.shared @ grads.shared.T  # K × K on the gradients' device: no host synchronisation
+        gram = grads.gram()  # K × K in float64 on the gradients' device: no host synchronisation
         norms = gram.diagonal().clamp(min=0).sqrt()
         cosine = gram[self.main_task] / (norms[self.main_task] * norms).clamp(min=1e-30)
         weights = cosine.clamp(min=0) if self.weighted else (cosine > 0).to(cosine.dtype)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -30,10 +30,41 @@ class TaskGradients:
 
     shared: torch.Tensor
     task_specific: torch.Tensor
+    #: per shared input: whether any task's loss reached it (None: all); unused ones keep ``.grad`` None
+    shared_used: Optional[List[bool]] = None
+    specific_used: Optional[List[bool]] = None
+    #: the Gram matrix when it is not that of ``shared`` (the representation's, summed over distributed ranks)
+    gram_override: Optional[torch.Tensor] = None
 
     def gram(self) -> torch.Tensor:
-        """The K × K Gram matrix G Gᵀ in float64 (accumulated in the gradients' precision)."""
-        return (self.shared @ self.shared.T).double()
+        """The K × K Gram matrix G Gᵀ, accumulated and returned in float64 on the gradients' device.
+
+        Gradients keep the model's dtype; their squares may not (an fp16 gradient of norm 300 has a squared norm
+        above fp16's 65,504), so the small K × K algebra of every method starts from this float64 matrix.
+        """
+        if self.gram_override is not None:
+            return self.gram_override
+        return gram64(self.shared)
+
+
+GRAM_CHUNK = 1 << 20  # columns converted to float64 at a time: bounded extra memory for large models
+
+
+def gram64(matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix @ matrix.T`` in float64, the columns converted in chunks of ``GRAM_CHUNK``."""
+    k, n = matrix.shape
+    if matrix.dtype == torch.float64:
+        return matrix @ matrix.T
+    gram = torch.zeros(k, k, dtype=torch.float64, device=matrix.device)
+    for start in range(0, n, GRAM_CHUNK):
+        block = matrix[:, start:start + GRAM_CHUNK].double()
+        gram += block @ block.T
+    return gram
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype in which a combination Σ_k w_k g_k is formed: float32 at least (then cast to the parameters')."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def flatten(tensors: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -75,25 +106,33 @@ def per_task_gradients(
     inputs = list(shared) + list(task_specific)
     n_shared = len(shared)
     rows_shared = rows_specific = None
+    _batched_used = None
     if mode == "batched":
         try:
-            rows_shared, rows_specific = _batched_rows(losses, inputs, n_shared)
+            rows_shared, rows_specific, _batched_used = _batched_rows(losses, inputs, n_shared)
         except RuntimeError as error:  # an op of the backward pass that vmap cannot batch
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             if reason not in _logged_fallbacks:
                 _logged_fallbacks.add(reason)
                 log.warning("batched per-task gradients unavailable, using %d backward passes: %s",
                             len(losses), reason[:200])
+    used = [True] * len(inputs)
     if rows_shared is None:
         rows_shared, rows_specific = [], []
+        reached = [False] * len(inputs)
         for k in range(len(losses)):
             grads = torch.autograd.grad(losses[k], inputs, retain_graph=True, allow_unused=True)
+            reached = [r or g is not None for r, g in zip(reached, grads)]
             rows_shared.append(flatten(grads[:n_shared], inputs[:n_shared]))
             rows_specific.append(flatten(grads[n_shared:], inputs[n_shared:]))
         rows_shared, rows_specific = torch.stack(rows_shared), (torch.stack(rows_specific) if task_specific else None)
+        used = reached
+    else:
+        used = _batched_used
     device = losses.device
     specific = rows_specific if task_specific else torch.zeros(len(losses), 0, device=device)
-    return TaskGradients(shared=rows_shared, task_specific=specific)
+    return TaskGradients(shared=rows_shared, task_specific=specific, shared_used=list(used[:n_shared]),
+                         specific_used=list(used[n_shared:]))
 
 
 def _batched_rows(losses: torch.Tensor, inputs: Sequence[torch.Tensor], n_shared: int):
@@ -106,14 +145,18 @@ def _batched_rows(losses: torch.Tensor, inputs: Sequence[torch.Tensor], n_shared
                for g, x in zip(grads, inputs)]
     shared = torch.cat(columns[:n_shared], dim=1) if n_shared else losses.new_zeros(k, 0)
     specific = torch.cat(columns[n_shared:], dim=1) if len(inputs) > n_shared else None
-    return shared, specific
+    return shared, specific, [g is not None for g in grads]
 
 
-def write_grad(parameters: Sequence[torch.Tensor], flat: torch.Tensor) -> None:
-    """Add the flat vector ``flat`` to the ``.grad`` of ``parameters`` (in order), slice by slice."""
+def write_grad(parameters: Sequence[torch.Tensor], flat: torch.Tensor, used: Optional[Sequence[bool]] = None) -> None:
+    """Add the flat vector ``flat`` to the ``.grad`` of ``parameters`` (in order), slice by slice; a parameter
+    whose ``used`` entry is False (no loss reached it) is left as it is (``.grad`` None, as a backward pass)."""
     offset = 0
-    for param in parameters:
+    for index, param in enumerate(parameters):
         n = param.numel()
+        if used is not None and not used[index]:
+            offset += n
+            continue
         piece = flat[offset:offset + n].view_as(param).to(param.dtype)
         if param.grad is None:
             param.grad = piece.clone()

@@ -11,6 +11,9 @@ the sum WITHOUT the leading factor η, so the hypergradients built on it are the
 a constant factor that the meta learning rate and the hypergradient clipping absorb, kept so that the
 official defaults (η = 1e-4, J = 3, meta lr 5e-3, clipping) mean what they mean there.
 
+Under torch.distributed every gradient and product here (∇_θ L_V, each H v, the mixed term) is averaged over
+the ranks (``distributed.average``): with mean losses and equal shards, the products of the union batch.
+
 Hessian-vector products are exact, by one of two modes (``hvp``):
 
 * ``"reverse"`` (reverse-over-reverse, the official AuxiNash / AuxiLearn code, ``implicit_diff/implicit_diff.py``
@@ -33,6 +36,8 @@ from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 import torch
 import torch.autograd.forward_ad as fwAD
+
+from .distributed import average
 
 HVP_MODES = ("reverse", "forward")
 DEFAULT_HVP_MODE = "reverse"
@@ -60,7 +65,7 @@ def neumann_series(
     def hessian_vector(current):
         products = torch.autograd.grad(train_gradient, parameters, grad_outputs=current, retain_graph=True,
                                        allow_unused=True)
-        return [h if h is not None else torch.zeros_like(c) for h, c in zip(products, current)]
+        return average([h if h is not None else torch.zeros_like(c) for h, c in zip(products, current)])
 
     return _neumann(vector, hessian_vector, terms, scale)
 
@@ -161,9 +166,14 @@ def implicit_hypergradient(
             raise TypeError("hvp='forward' re-evaluates the training loss: pass it as a function without "
                             "arguments (e.g. lambda: compute_losses(batch).sum()), not as a tensor")
         mode = "reverse"
-    parameters, hyper_parameters = list(parameters), list(hyper_parameters)
+    if not bool(torch.isfinite(average([val_loss.detach()])[0]).all()):
+        raise FloatingPointError(f"the meta-validation loss is NaN or infinite ({val_loss.item()}); check the "
+                                 f"meta-validation batch and the model's outputs")
+    # frozen parameters (requires_grad False) are no part of θ, as for the optimiser
+    parameters = [p for p in parameters if p.requires_grad]
+    hyper_parameters = list(hyper_parameters)
     val_gradient = torch.autograd.grad(val_loss, parameters, allow_unused=True)
-    val_gradient = [g if g is not None else torch.zeros_like(p) for g, p in zip(val_gradient, parameters)]
+    val_gradient = average([g if g is not None else torch.zeros_like(p) for g, p in zip(val_gradient, parameters)])
     if mode == "forward":
         return _forward_hypergradient(val_gradient, train_loss, parameters, hyper_parameters, terms, scale)
     if not isinstance(train_loss, torch.Tensor):
@@ -175,7 +185,7 @@ def implicit_hypergradient(
     inverse_hvp = neumann_series([val_gradient[i] for i in used], train_gradient, used_parameters, terms, scale)
     mixed = torch.autograd.grad(train_gradient, hyper_parameters, grad_outputs=inverse_hvp,
                                 allow_unused=True)
-    return [-(m if m is not None else torch.zeros_like(h)) for m, h in zip(mixed, hyper_parameters)]
+    return average([-(m if m is not None else torch.zeros_like(h)) for m, h in zip(mixed, hyper_parameters)])
 
 
 def _forward_hypergradient(val_gradient, train_loss, parameters, hyper_parameters, terms, scale):
@@ -196,7 +206,7 @@ def _forward_hypergradient(val_gradient, train_loss, parameters, hyper_parameter
         def product(tangents, wrt):
             if evaluations == 1:  # entered once, just before the second evaluation; restores on exit
                 later.enter_context(frozen_buffers())
-            return forward_over_reverse(evaluate, parameters, tangents, wrt)
+            return average(forward_over_reverse(evaluate, parameters, tangents, wrt))
 
         inverse_hvp = _neumann(val_gradient, lambda current: product(current, parameters), terms, scale)
         mixed = product(inverse_hvp, hyper_parameters)

@@ -45,7 +45,7 @@ from typing import Dict, Optional
 import torch
 
 from .base import GradientMethod
-from .gradients import TaskGradients, per_task_gradients
+from .gradients import TaskGradients
 from .settings import setting
 
 FORMS = ("arml", "accumulated")
@@ -108,10 +108,10 @@ class OLAUX(GradientMethod):
         if self.form != "arml" or not self._update_due():
             return super().backward(losses, shared_parameters, task_specific_parameters, representation)
         # ARML's weight iteration: one SGD step of the weights on this batch, and no model step (no .grad)
-        shared = list(shared_parameters)
-        grads = per_task_gradients(losses, [representation] if representation is not None else shared)
-        self._step_weights(grads.shared @ grads.shared[self.main_task])
-        for parameter in shared + list(task_specific_parameters):
+        _, shared, specific = self.check_inputs(losses, shared_parameters, task_specific_parameters, representation)
+        grads = self.task_gradients(losses, shared, [], representation)
+        self._step_weights(grads.gram()[self.main_task])  # g_mainᵀ g_k in float64 (averaged over ranks)
+        for parameter in shared + specific:
             parameter.grad = None
         self.step += 1
         return {"weights": self.weights.clone()}
@@ -119,7 +119,7 @@ class OLAUX(GradientMethod):
     def combine(self, grads: TaskGradients):
         weights = self.weights.to(grads.shared.device).clone()  # applied on this iteration
         self.accumulated_dots = self.accumulated_dots.to(grads.shared.device) + \
-            (grads.shared @ grads.shared[self.main_task]).detach().to(self.accumulated_dots.dtype)
+            grads.gram()[self.main_task].detach().to(self.accumulated_dots.dtype)  # g_mainᵀ g_k, float64
         if self._update_due():
             self._step_weights(self.accumulated_dots)
             self.accumulated_dots = torch.zeros_like(self.accumulated_dots)

@@ -53,7 +53,7 @@ class PCGrad(GradientMethod):
         self.generator = torch.Generator().manual_seed(seed)
 
     def combine(self, grads: TaskGradients):
-        weights = pcgrad_weights(grads.gram().cpu(), self.generator).to(grads.shared.device, torch.float32)
+        weights = pcgrad_weights(grads.gram().cpu(), self.generator).to(grads.shared.device)
         return weights, torch.ones_like(weights), {"weights": weights}
 
     def state_dict(self) -> Dict:

@@ -75,6 +75,14 @@ class Benchmark:
             return self.fresh_training_batch("train"), self.fresh_training_batch("meta")
         raise ValueError(f"--meta-batches must be one of {META_BATCHES}, got {mode!r}")
 
+    def valid_targets(self, batch: Batch) -> torch.Tensor:
+        """K booleans (on the device): whether each task has any valid target in ``batch`` (a task whose target
+        is not in the batch, e.g. a self-supervised auxiliary, always has). The loop's epoch means of the
+        training losses count only the batches where a task has."""
+        flags = [t.has_valid_target(batch[t.key]) if isinstance(batch, dict) and t.key in batch
+                 else torch.tensor(True, device=self.device) for t in self.tasks]
+        return torch.stack([f.to(self.device) for f in flags])
+
     def losses(self, model: MultiTaskModel, batch: Batch) -> Tuple[torch.Tensor, torch.Tensor]:
         """The K task losses (in task order) and the shared representation they were computed from."""
         raise NotImplementedError
