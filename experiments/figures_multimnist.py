@@ -23,7 +23,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from experiments.results_io import RUN_FILES, find_runs, read_json, run_finished
+from experiments.results_io import (RUN_FILES, find_runs, read_json, run_finished, save_figure, write_frame,
+                                    write_text)
 from methods import canonical_name
 
 log = logging.getLogger("figures_multimnist")
@@ -125,7 +126,7 @@ def write_table(results: str, points: Optional[pd.DataFrame] = None) -> List[str
     ordered = points.assign(order=points.family.map({f: i for i, f in enumerate(FAMILIES)}).fillna(len(FAMILIES)))
     ordered = ordered.sort_values(["order", "preference", "seed"]).drop(columns="order")
     csv_path = os.path.join(out, "multimnist.csv")
-    ordered.to_csv(csv_path, index=False)
+    write_frame(csv_path, ordered)
     lines = [caption(points), "",
              "| method | p₁ / w₁ | seed | task 1 (left) test acc | task 2 (right) test acc | best epoch |",
              "|---|---|---|---|---|---|"]
@@ -144,8 +145,7 @@ def write_table(results: str, points: Optional[pd.DataFrame] = None) -> List[str
                      f"{row.right_min:.2f} – {row.right_max:.2f} | {row.diff_min:+.2f} – {row.diff_max:+.2f} | "
                      f"{row.diff_spread:.2f} | {rho} |")
     md_path = os.path.join(out, "multimnist.md")
-    with open(md_path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text(md_path, "\n".join(lines) + "\n")
     return [md_path, csv_path]
 
 
@@ -186,7 +186,7 @@ def draw_figure(results: str, points: Optional[pd.DataFrame] = None) -> List[str
     figure.text(0.01, 0.005, "\n".join(wrap(text, 110)), fontsize=6.5, va="bottom")
     figure.tight_layout(rect=(0, 0.08, 1, 1))
     path = os.path.join(out, "multimnist_figure2.png")
-    figure.savefig(path, dpi=130)
+    save_figure(figure, path, dpi=130)
     plt.close(figure)
     return [path]
 

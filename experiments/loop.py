@@ -122,8 +122,6 @@ def train(benchmark: Benchmark, config: TrainConfig) -> str:
         return _train_locked(benchmark, config, run_dir)
 
 
-
-
 def record_run_directory(run_dir: str) -> None:
     """Add ``run_dir`` to the file named by ``$AUXINASH_RUN_RECORD``, if set: how ``experiments/sweep.py`` learns
     which run folders a command line trains, without changing the command line."""
@@ -137,10 +135,50 @@ def record_run_directory(run_dir: str) -> None:
             f.write(run_dir + "\n")
 
 
+@dataclass
+class Training:
+    """One run's training state: what a round reads and advances."""
+
+    benchmark: Benchmark
+    config: TrainConfig
+    run_dir: str
+    paths: Dict[str, str]
+    digest: str
+    model: torch.nn.Module
+    method: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    shared: list
+    specific: list
+    start_round: int = 0
+    step: int = 0
+    rows: list = field(default_factory=list)
+    sinks: list = field(default_factory=list)
+
+
 def _train_locked(benchmark: Benchmark, config: TrainConfig, run_dir: str) -> str:
     paths = {name: os.path.join(run_dir, file) for name, file in RUN_FILES.items()}
     identity = run_identity_of(benchmark, config)
     digest = identity_digest(identity)
+    if _finished_or_refused(config, run_dir, paths, identity, digest):
+        return run_dir
+    training = _build(benchmark, config, run_dir, paths, digest)
+    if config.resume and os.path.exists(paths["checkpoint"]):
+        _resume(training)
+    record = _config_record(training, identity)
+    write_json(paths["config"], record)
+    training.sinks = open_sinks(config.sinks, run_dir, record)
+    try:
+        return _train_rounds(training)
+    finally:
+        for sink in training.sinks:
+            sink.close()
+
+
+def _finished_or_refused(config: TrainConfig, run_dir: str, paths: Dict[str, str], identity: Dict[str, Any],
+                         digest: str) -> bool:
+    """Tidy the run folder and say whether the run is finished already; ``RunError`` when it holds another
+    settings' run or an unfinished run without ``--resume``."""
     removed = remove_stale_temporaries(run_dir)
     if removed:
         log.info("removed temporary files left by interrupted writers: %s", ", ".join(removed))
@@ -163,15 +201,18 @@ def _train_locked(benchmark: Benchmark, config: TrainConfig, run_dir: str) -> st
                              f"{run_dir}.old-<time>), or another --out or --tag to keep both")
     if os.path.exists(paths["status"]):
         log.info("%s is finished already (pass --force to train it again)", run_dir)
-        return run_dir
+        return True
     if os.path.exists(paths["checkpoint"]) and not config.resume:
         raise RunError(f"{run_dir} holds an unfinished run: pass --resume to continue it or --force to start it "
                        f"again")
-    device = benchmark.device
-    task_names = benchmark.task_names
+    return False
+
+
+def _build(benchmark: Benchmark, config: TrainConfig, run_dir: str, paths: Dict[str, str], digest: str) -> Training:
+    """The seeded model, the method, Adam over both, and the learning-rate schedule."""
+    device, task_names = benchmark.device, benchmark.task_names
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
     seed_everything(config.seed)
     model = benchmark.build_model().to(device)
     if device.type == "cuda":
@@ -181,118 +222,128 @@ def _train_locked(benchmark: Benchmark, config: TrainConfig, run_dir: str) -> st
                         device=device, **config.method_kwargs)
     optimizer = torch.optim.Adam([{"params": shared + specific}, *method.main_optimizer_parameters()], lr=config.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step or 10**9, gamma=config.lr_gamma)
-    start_round, step, rows = 0, 0, []
-    if config.resume and os.path.exists(paths["checkpoint"]):
-        state = load_checkpoint(paths["checkpoint"], device)
-        rows = check_metrics(paths["metrics"], state["round"], benchmark.round_unit)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            method.load_state_dict(state["method"])
-            benchmark.load_state_dict(state["benchmark"])
-            set_rng_state(state["rng"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as error:
-            raise RunError(f"the checkpoint {paths['checkpoint']} does not fit this run ({error}); start the run "
-                           f"again with --force") from None
-        start_round, step = state["round"], state["step"]
-        log.info("resuming %s at %s %d", run_dir, benchmark.round_unit, start_round)
-    loop_settings = {key: value for key, value in asdict(config).items() if key not in ("flags", "method_kwargs")}
-    record = {**config.flags, **loop_settings, "run_dir": run_dir, "benchmark": benchmark.name,
-              "method_settings": method_settings(config.method, **config.method_kwargs),
-              "identity": identity, "identity_digest": digest,
-              "tasks": list(task_names), "round_unit": benchmark.round_unit,
-              "selection": benchmark.selection, "device": str(device),
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              **benchmark.describe(), **environment()}
-    write_json(paths["config"], record)
-    sinks = open_sinks(config.sinks, run_dir, record)
+    return Training(benchmark, config, run_dir, paths, digest, model, method, optimizer, scheduler, shared, specific)
+
+
+def _resume(t: Training) -> None:
+    """Continue from the checkpoint: every state, the RNGs and the metrics rows so far (checked)."""
+    state = load_checkpoint(t.paths["checkpoint"], t.benchmark.device)
+    t.rows = check_metrics(t.paths["metrics"], state["round"], t.benchmark.round_unit)
     try:
-        return _train_rounds(benchmark, config, run_dir, paths, digest, model, method, optimizer, scheduler, shared,
-                             specific, start_round, step, rows, sinks)
-    finally:
-        for sink in sinks:
-            sink.close()
+        t.model.load_state_dict(state["model"])
+        t.optimizer.load_state_dict(state["optimizer"])
+        t.scheduler.load_state_dict(state["scheduler"])
+        t.method.load_state_dict(state["method"])
+        t.benchmark.load_state_dict(state["benchmark"])
+        set_rng_state(state["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        raise RunError(f"the checkpoint {t.paths['checkpoint']} does not fit this run ({error}); start the run "
+                       f"again with --force") from None
+    t.start_round, t.step = state["round"], state["step"]
+    log.info("resuming %s at %s %d", t.run_dir, t.benchmark.round_unit, t.start_round)
 
 
-def _train_rounds(benchmark, config, run_dir, paths, digest, model, method, optimizer, scheduler, shared, specific,
-                  start_round, step, rows, sinks) -> str:
-    device, task_names = benchmark.device, benchmark.task_names
+def _config_record(t: Training, identity: Dict[str, Any]) -> Dict[str, Any]:
+    """config.json: the flags, the loop settings, the method's resolved settings (once), the identity, the
+    benchmark's description and the environment."""
+    config, device = t.config, t.benchmark.device
+    loop_settings = {key: value for key, value in asdict(config).items() if key not in ("flags", "method_kwargs")}
+    return {**config.flags, **loop_settings, "run_dir": t.run_dir, "benchmark": t.benchmark.name,
+            "method_settings": method_settings(config.method, **config.method_kwargs),
+            "identity": identity, "identity_digest": t.digest,
+            "tasks": list(t.benchmark.task_names), "round_unit": t.benchmark.round_unit,
+            "selection": t.benchmark.selection, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            **t.benchmark.describe(), **environment()}
 
+
+def _train_rounds(t: Training) -> str:
+    """Every remaining round, then status.json; stops early after ``stop_after`` rounds."""
+    progress = tqdm(range(t.start_round, t.benchmark.rounds), desc=f"{t.benchmark.name} {t.config.method}",
+                    unit=t.benchmark.round_unit, initial=t.start_round, total=t.benchmark.rounds)
+    for rounds_done, round_index in enumerate(progress, start=1):
+        mean_losses, mean_weights, last_info, seconds = _train_round(t, round_index)
+        _record_round(t, round_index, mean_losses, mean_weights, last_info, seconds)
+        progress.set_postfix({task: f"{v:.3g}" for task, v in zip(t.benchmark.task_names, mean_losses)})
+        stop = t.config.stop_after
+        if stop is not None and rounds_done >= stop and round_index + 1 < t.benchmark.rounds:
+            log.info("stopping after %d %ss as asked; continue with --resume", rounds_done, t.benchmark.round_unit)
+            return t.run_dir
+    write_json(t.paths["status"], {"finished": True, "rounds": t.benchmark.rounds, "steps": t.step,
+                                   "identity_digest": t.digest})
+    log.info("finished %s", t.run_dir)
+    return t.run_dir
+
+
+def _stop_message(t: Training, where: str, detail: str) -> str:
+    return (f"non-finite training loss in {where} ({detail}); the last checkpoint in {t.run_dir} is from before it: "
+            f"check the data, or lower --lr (new settings make a new run: add --force, or keep this one with another "
+            f"--tag)")
+
+
+def _train_round(t: Training, round_index: int):
+    """One round of steps (and meta-updates): the per-task mean losses over batches with a valid target, the mean
+    weights, the last step's info and the round's seconds."""
+    benchmark, config, device = t.benchmark, t.config, t.benchmark.device
+    n_tasks = len(benchmark.task_names)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.amp)
 
     def compute_losses(batch):  # for meta-updates: float32, whose second-order terms bf16 would swamp
-        return benchmark.losses(model, batch)[0].float()
+        return benchmark.losses(t.model, batch)[0].float()
 
-    rounds_done = 0
-    progress = tqdm(range(start_round, benchmark.rounds), desc=f"{benchmark.name} {config.method}",
-                    unit=benchmark.round_unit, initial=start_round, total=benchmark.rounds)
-    for round_index in progress:
-        model.train()
-        started = time.time()
-        loss_sum = torch.zeros(len(task_names), device=device)
-        loss_count = torch.zeros(len(task_names), device=device)  # batches with a valid target, per task
-        weight_sum = torch.zeros(len(task_names), device=device)
-        last_info: Dict[str, torch.Tensor] = {}
-        steps_in_round = 0
-        for batch in tqdm(benchmark.round_batches(round_index), desc=f"round {round_index}",
-                          leave=False, unit="step"):
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                losses, representation = benchmark.losses(model, batch)
-            losses = losses.float()
-            try:
-                info = method.backward(losses, shared, specific,
-                                       representation=representation if config.representation else None)
-            except FloatingPointError as error:  # a NaN or infinite loss: stop before the model takes it
-                raise FloatingPointError(f"non-finite training loss in {benchmark.round_unit} {round_index}, step "
-                                         f"{step + 1} ({error}); the last checkpoint in {run_dir} is from before it: "
-                                         f"check the data, or lower --lr (new settings make a new run: add "
-                                         f"--force, or keep this one with another --tag)") from None
-            optimizer.step()
-            if hasattr(model, "after_step"):
-                model.after_step()
-            step += 1
-            steps_in_round += 1
-            valid = benchmark.valid_targets(batch).to(device, torch.float32)
-            loss_sum += losses.detach() * valid
-            loss_count += valid
-            weight_sum += info["weights"].detach().to(device, torch.float32)
-            last_info = info
-            if step % config.meta_every == 0:
-                method.meta_update(compute_losses, *benchmark.meta_batches(batch, config.meta_batches), shared)
-        scheduler.step()
-        # a task without a valid target in any batch of the round has no mean loss (NaN), which is no error
-        counted = loss_count.tolist()
-        mean_losses = [s / c if c else float("nan") for s, c in zip(loss_sum.tolist(), counted)]
-        if not all(np.isfinite(v) for v, c in zip(mean_losses, counted) if c):
-            raise FloatingPointError(f"non-finite training loss in {benchmark.round_unit} {round_index} "
-                                     f"({dict(zip(task_names, mean_losses))}); the last checkpoint in {run_dir} "
-                                     f"is from before it: check the data, or lower --lr (new settings make a new run: add --force, "
-                                     f"or keep this one with another --tag)")
-        train_row = {ROUND: round_index, STEP: step, SPLIT: TRAIN_SPLIT, LR: optimizer.param_groups[0]["lr"],
-                     SECONDS: time.time() - started,
-                     **{loss_column(t): v for t, v in zip(task_names, mean_losses)},
-                     **{weight_column(t): v for t, v in zip(task_names, (weight_sum / max(steps_in_round, 1)).tolist())}}
-        if "p" in last_info:
-            train_row.update({p_column(t): v for t, v in zip(task_names, last_info["p"].tolist())})
-        rows.append(train_row)
-        for split, metrics in benchmark.evaluate(model).items():
-            rows.append({ROUND: round_index, STEP: step, SPLIT: split, **metrics})
-        write_rows(paths["metrics"], rows)
-        for sink in sinks:
-            sink.write([row for row in rows if row[ROUND] == round_index])
-        save_checkpoint(paths["checkpoint"], {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                              "scheduler": scheduler.state_dict(), "method": method.state_dict(),
-                                              "benchmark": benchmark.state_dict(), "rng": rng_state(),
-                                              "round": round_index + 1, "step": step})
-        progress.set_postfix({t: f"{v:.3g}" for t, v in zip(task_names, mean_losses)})
-        rounds_done += 1
-        if config.stop_after is not None and rounds_done >= config.stop_after and round_index + 1 < benchmark.rounds:
-            log.info("stopping after %d %ss as asked; continue with --resume", rounds_done, benchmark.round_unit)
-            return run_dir
-    write_json(paths["status"], {"finished": True, "rounds": benchmark.rounds, "steps": step,
-                                 "identity_digest": digest})
-    log.info("finished %s", run_dir)
-    return run_dir
+    t.model.train()
+    started = time.time()
+    loss_sum, loss_count, weight_sum = (torch.zeros(n_tasks, device=device) for _ in range(3))
+    last_info: Dict[str, torch.Tensor] = {}
+    steps_in_round = 0
+    for batch in tqdm(benchmark.round_batches(round_index), desc=f"round {round_index}", leave=False, unit="step"):
+        t.optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            losses, representation = benchmark.losses(t.model, batch)
+        losses = losses.float()
+        try:
+            info = t.method.backward(losses, t.shared, t.specific,
+                                     representation=representation if config.representation else None)
+        except FloatingPointError as error:  # a NaN or infinite loss: stop before the model takes it
+            raise FloatingPointError(_stop_message(t, f"{benchmark.round_unit} {round_index}, step {t.step + 1}",
+                                                   str(error))) from None
+        t.optimizer.step()
+        if hasattr(t.model, "after_step"):
+            t.model.after_step()
+        t.step += 1
+        steps_in_round += 1
+        valid = benchmark.valid_targets(batch).to(device, torch.float32)  # batches with a valid target, per task
+        loss_sum += losses.detach() * valid
+        loss_count += valid
+        weight_sum += info["weights"].detach().to(device, torch.float32)
+        last_info = info
+        if t.step % config.meta_every == 0:
+            t.method.meta_update(compute_losses, *benchmark.meta_batches(batch, config.meta_batches), t.shared)
+    t.scheduler.step()
+    # a task without a valid target in any batch of the round has no mean loss (NaN), which is no error
+    counted = loss_count.tolist()
+    mean_losses = [s / c if c else float("nan") for s, c in zip(loss_sum.tolist(), counted)]
+    if not all(np.isfinite(v) for v, c in zip(mean_losses, counted) if c):
+        raise FloatingPointError(_stop_message(t, f"{benchmark.round_unit} {round_index}",
+                                               str(dict(zip(benchmark.task_names, mean_losses)))))
+    return mean_losses, (weight_sum / max(steps_in_round, 1)).tolist(), last_info, time.time() - started
 
+
+def _record_round(t: Training, round_index: int, mean_losses, mean_weights, last_info, seconds: float) -> None:
+    """The round's rows (training, then each evaluated split) into metrics.csv and the sinks; the checkpoint."""
+    task_names = t.benchmark.task_names
+    train_row = {ROUND: round_index, STEP: t.step, SPLIT: TRAIN_SPLIT, LR: t.optimizer.param_groups[0]["lr"],
+                 SECONDS: seconds, **{loss_column(task): v for task, v in zip(task_names, mean_losses)},
+                 **{weight_column(task): v for task, v in zip(task_names, mean_weights)}}
+    if "p" in last_info:
+        train_row.update({p_column(task): v for task, v in zip(task_names, last_info["p"].tolist())})
+    new_rows = [train_row] + [{ROUND: round_index, STEP: t.step, SPLIT: split, **metrics}
+                              for split, metrics in t.benchmark.evaluate(t.model).items()]
+    t.rows.extend(new_rows)
+    write_rows(t.paths["metrics"], t.rows)
+    for sink in t.sinks:
+        sink.write(new_rows)
+    save_checkpoint(t.paths["checkpoint"], {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+                                            "scheduler": t.scheduler.state_dict(), "method": t.method.state_dict(),
+                                            "benchmark": t.benchmark.state_dict(), "rng": rng_state(),
+                                            "round": round_index + 1, "step": t.step})

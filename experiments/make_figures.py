@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 
 from experiments.make_tables import report_selection
 from experiments.results_io import (RUN_FILES, SPLIT, STEP, TRAIN_SPLIT, RunError, RunFolder, p_column, read_json,
-                                    read_metrics, select_runs, weight_column)
+                                    read_metrics, save_figure, select_runs, weight_column)
 
 log = logging.getLogger("make_figures")
 
@@ -68,7 +68,7 @@ def weights_figure(results: str, benchmark: str, path: str, include_unfinished: 
         axes[0, column].legend(fontsize=8)
     figure.suptitle(f"{benchmark}: AuxiNash bargaining power and task weights (seed 0)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path, dpi=110)
     plt.close(figure)
     return True
 
@@ -95,7 +95,7 @@ def curves_figure(results: str, benchmark: str, path: str, include_unfinished: b
             axis.legend(fontsize=7)
     figure.suptitle(f"{benchmark}: test metric of the main task over training (seed 0)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path, dpi=110)
     plt.close(figure)
     return True
 

@@ -31,7 +31,8 @@ import pandas as pd
 
 from methods import METHOD_NAMES, METHODS
 from experiments.metrics import delta_m
-from experiments.results_io import RUN_FILES, RunError, RunFolder, read_json, read_metrics, run_finished, select_runs
+from experiments.results_io import (RUN_FILES, RunError, RunFolder, read_json, read_metrics, run_finished,
+                                    select_runs, write_text)
 
 log = logging.getLogger("make_tables")
 LAST_EVALUATIONS = 10
@@ -269,14 +270,12 @@ def make_tables(results: str = "results", include_unfinished: bool = False) -> L
         paper = paper_values(spec)
         for latex, suffix in ((False, "md"), (True, "tex")):
             path = os.path.join(out, f"{spec.name}.{suffix}")
-            with open(path, "w") as f:
-                f.write(format_table(spec, ours, paper, results, latex, include_unfinished))
+            write_text(path, format_table(spec, ours, paper, results, latex, include_unfinished))
             written.append(path)
     text = cifar_table(results, include_unfinished)
     if text:
         path = os.path.join(out, "cifar10_ssl.md")
-        with open(path, "w") as f:
-            f.write(text)
+        write_text(path, text)
         written.append(path)
     from experiments.figures_multimnist import write_table  # Multi-MNIST: the points of Figure 2
     written += write_table(results)

@@ -32,6 +32,26 @@ def atomic_write(path: str, write) -> None:
     os.replace(tmp, path)
 
 
+def write_text(path: str, text: str) -> None:
+    """A text file (a table in Markdown, a record), written atomically."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
+def write_frame(path: str, frame: "pd.DataFrame", **to_csv: Any) -> None:
+    """A pandas table as CSV (``index=False`` unless given), written atomically."""
+    to_csv.setdefault("index", False)
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, **to_csv))
+
+
+def save_figure(figure: Any, path: str, **savefig: Any) -> None:
+    """A matplotlib figure, written atomically (the format from ``path``'s extension)."""
+    savefig.setdefault("format", os.path.splitext(path)[1].lstrip(".") or "png")
+    atomic_write(path, lambda tmp: figure.savefig(tmp, **savefig))
+
+
 def write_json(path: str, data: Dict[str, Any]) -> None:
     def write(tmp):
         with open(tmp, "w") as f:

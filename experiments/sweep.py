@@ -438,7 +438,7 @@ def launch_slurm(out: str, commands: Sequence[str], args: argparse.Namespace) ->
         write_json(RunFiles(out, command).submitted, {"launcher": "slurm", "job_id": job.job_id, "submitted": submitted})
         lines.append(f"{job.job_id}\t{command}")
     array = jobs[0].job_id.split("_")[0]
-    with open(os.path.join(out, "logs", f"slurm-{array}.tsv"), "w") as f:
+    with open(os.path.join(out, "logs", f"slurm-{array}.tsv"), "w") as f:  # an append-only log of submissions
         f.write("\n".join(lines) + "\n")
     print(f"submitted {len(jobs)} run(s) as SLURM job array {array} (at most {args.max_parallel} at once); task → "
           f"command in {os.path.join(out, 'logs', f'slurm-{array}.tsv')}; follow with --status")

@@ -28,7 +28,8 @@ from typing import Dict, List, Optional
 import pandas as pd
 
 from data.speech_commands import WORDS
-from experiments.results_io import RunError, RunFolder, read_json, read_metrics, run_finished, select_runs
+from experiments.results_io import (RunError, RunFolder, read_json, read_metrics, run_finished, select_runs,
+                                    write_frame, write_text)
 from methods import METHOD_NAMES, METHODS
 
 log = logging.getLogger("tables_speech_commands")
@@ -215,15 +216,14 @@ def write_tables(results: str = "results", include_unfinished: bool = False, sel
 
     def write(name: str, text: str) -> None:
         path = os.path.join(out, name)
-        with open(path, "w") as f:
-            f.write(text)
+        write_text(path, text)
         written.append(path)
 
     write("speech_commands.md", table5(results, data, selection, include_unfinished))
     for n, frame in data.items():
         write(f"speech_commands_keywords_{n}.md", keyword_table(results, n, frame, selection, include_unfinished))
     path = os.path.join(out, "speech_commands_runs.csv")
-    pd.concat(data.values()).to_csv(path, index=False)
+    write_frame(path, pd.concat(data.values()))
     written.append(path)
     return written
 

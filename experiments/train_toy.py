@@ -37,7 +37,7 @@ from experiments.benchmarks import ToyBenchmark
 from experiments.benchmarks.toy import DEFAULT_HARMFUL_NOISE, DEFAULT_META_VAL_SIZE
 from experiments.cli import non_negative_float, non_negative_int, positive_int
 from experiments.loop import TrainConfig, train
-from experiments.results_io import RUN_FILES, atomic_write
+from experiments.results_io import RUN_FILES, save_figure, write_frame, write_text
 from methods import METHOD_NAMES
 
 DEFAULT_EPOCHS = 1000
@@ -190,7 +190,7 @@ def draw(runs: Runs, benchmark: ToyBenchmark, path: str) -> plt.Figure:
     zoom.tick_params(labelsize=6)
     figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path, dpi=120)
     plt.close(figure)
     return figure
 
@@ -242,10 +242,9 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     draw(runs, make_benchmark(args.seeds[0], args), figure_path)
     tables = os.path.join(args.out, "tables")
     os.makedirs(tables, exist_ok=True)
-    atomic_write(os.path.join(tables, f"toy{suffix}_runs.csv"), lambda tmp: per_run.to_csv(tmp, index=False))
-    atomic_write(os.path.join(tables, f"toy{suffix}.csv"), lambda tmp: summary.to_csv(tmp, index=False))
-    atomic_write(os.path.join(tables, f"toy{suffix}_curves.csv"),
-                 lambda tmp: curves(runs).to_csv(tmp, index=False, float_format="%.6g"))
+    write_frame(os.path.join(tables, f"toy{suffix}_runs.csv"), per_run)
+    write_frame(os.path.join(tables, f"toy{suffix}.csv"), summary)
+    write_frame(os.path.join(tables, f"toy{suffix}_curves.csv"), curves(runs), float_format="%.6g")
     header = (f"Illustrative example (`experiments/train_toy.py`; {args.epochs} epochs, harmful label noise std "
               f"{args.harmful_noise:g}, p learned on "
               + (f"{args.meta_val_size} held-out samples" if args.meta_val_size else "training batches")
@@ -253,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
               "the main-task test MSE on 10,000 fresh samples (the label noise alone gives 25) and AuxiNash's "
               "final bargaining powers p.")
     text = markdown(per_run, summary, header)
-    atomic_write(os.path.join(tables, f"toy{suffix}.md"), lambda tmp: open(tmp, "w").write(text))
+    write_text(os.path.join(tables, f"toy{suffix}.md"), text)
     print(text)
     print(f"figure: {figure_path}")
     return per_run

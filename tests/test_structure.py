@@ -65,3 +65,11 @@ def test_no_import_cycle():
 def test_no_sys_path_edits():
     for module, path in modules():
         assert "sys.path.insert" not in open(path).read(), f"{path}: use `pip install -e .` instead"
+
+
+def test_no_long_function_in_the_training_loop():
+    """The loop stays readable: no function of experiments/loop.py over 60 lines."""
+    path = os.path.join(ROOT, "experiments", "loop.py")
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.FunctionDef):
+            assert node.end_lineno - node.lineno + 1 <= 60, f"loop.{node.name} has {node.end_lineno - node.lineno + 1} lines"
