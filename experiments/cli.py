@@ -27,7 +27,7 @@ from .benchmarks import Benchmark
 from .benchmarks.base import META_BATCHES
 from .loop import TrainConfig, train
 from .results_io import RunError
-from .sinks import SINKS, MissingDependencyError, check_available
+from .sinks import SINK_HELP, SINKS, MissingDependencyError, check_available
 
 # flags that set the same-named setting of the method that runs, where it declares one (kept from before the
 # per-method flags; their destinations are part of existing runs' identities, so they keep their names)
@@ -117,10 +117,8 @@ def base_parser(description: str, lr: float, meta_every: int = 25) -> argparse.A
                           "aside to <run>.old-<time>)")
     run.add_argument("--stop-after", type=positive_int, default=None,
                      help="stop after this many rounds (epochs / evaluation blocks); continue with --resume")
-    run.add_argument("--tensorboard", action="store_true",
-                     help="also write TensorBoard event files to <run>/tensorboard (needs: pip install tensorboard)")
-    run.add_argument("--wandb", action="store_true",
-                     help="also log to an offline Weights & Biases run in <run>/wandb (needs: pip install wandb)")
+    for name in SINKS:  # outputs mirroring metrics.csv (experiments/sinks.py)
+        run.add_argument(f"--{name}", action="store_true", help=SINK_HELP.get(name, f"also write the {name} output"))
     run.add_argument("--log-level", default="INFO", type=str.upper,
                      choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_method_flags(parser)
@@ -221,7 +219,7 @@ def make_config(args: argparse.Namespace, task_names: List[str], lr_step: Option
     main_task = args.main_task or task_names[0]
     if main_task not in task_names:
         raise ValueError(f"--main-task must be one of {task_names}, got {main_task!r}")
-    flags: Dict[str, Any] = dict(vars(args))
+    flags: Dict[str, Any] = {key: value for key, value in vars(args).items() if key not in SINKS}  # launch-only
     if args.p is not None:
         flags["p"] = expand_p(args.p, len(task_names), task_names.index(main_task) if main_task in task_names else 0)
         flags["learn_p"] = False
@@ -230,7 +228,7 @@ def make_config(args: argparse.Namespace, task_names: List[str], lr_step: Option
                        meta_every=args.meta_every, amp=args.amp, representation=args.representation, out=args.out,
                        meta_batches=args.meta_batches,
                        tag=args.tag, resume=args.resume, force=args.force, stop_after=args.stop_after,
-                       sinks=tuple(name for name in SINKS if getattr(args, name, False)),
+                       sinks=tuple(name for name in SINKS if getattr(args, name, False)),  # not in the identity
                        method_kwargs=kwargs, flags=flags)
 
 

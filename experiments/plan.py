@@ -16,9 +16,10 @@ import os
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from data.common import SYNTHETIC_MARKER
 from methods import METHOD_NAMES, METHODS
 
 Args = Tuple[str, ...]
@@ -58,7 +59,7 @@ class BenchmarkPlan:
     missing: str
     synthetic_folder: Optional[str] = None  # its root under quick mode's synthetic folder
     whole_list: bool = False
-    extra_env: Dict[str, str] = field(default_factory=dict)
+    default: bool = True  # in ./run_all.sh's default --benchmarks
 
 
 # -- the SegNet benchmarks (NYUv2, Cityscapes) ---------------------------------------------------------------------
@@ -191,7 +192,7 @@ PLANS: Dict[str, BenchmarkPlan] = {plan.name: plan for plan in (
     BenchmarkPlan("toy", "experiments/train_toy.py", "", "", "", toy_grid, lambda root: True, "",
                   whole_list=True),
 )}
-DEFAULT_BENCHMARKS = ("nyuv2", "cityscapes", "cifar10_ssl", "multimnist", "speech_commands", "toy")
+DEFAULT_BENCHMARKS = tuple(name for name, plan in PLANS.items() if plan.default)
 
 
 def roots(args: argparse.Namespace) -> Dict[str, str]:
@@ -244,13 +245,12 @@ def build_commands(args: argparse.Namespace, list_only: bool) -> Tuple[List[str]
 def write_synthetic(out: str) -> None:
     """Quick mode's small synthetic datasets under ``<out>/.synthetic`` (once; the MNIST marker is written last)."""
     folder = os.path.join(out, ".synthetic")
-    python = os.environ.get("PYTHON", sys.executable)
-    if not os.path.exists(os.path.join(folder, "mnist", "SYNTHETIC")):
-        print(f"quick mode: writing small synthetic datasets under {folder}", flush=True)
-        subprocess.run([python, "-m", "data.synthetic", "--small", folder], check=True)
-    if not os.path.exists(os.path.join(folder, "speech_commands", "SYNTHETIC")):  # a tree from before Speech Commands
-        subprocess.run([python, "-m", "data.synthetic", "--only", "speech_commands",
-                        os.path.join(folder, "speech_commands")], check=True)
+    missing = [plan.synthetic_folder for plan in PLANS.values() if plan.synthetic_folder
+               and not os.path.exists(os.path.join(folder, plan.synthetic_folder, SYNTHETIC_MARKER))]
+    if missing:  # a new tree, or one written before a benchmark was added: write every layout again
+        print(f"quick mode: writing small synthetic datasets under {folder} ({', '.join(missing)} missing)", flush=True)
+        subprocess.run([os.environ.get("PYTHON", sys.executable), "-m", "data.synthetic", "--small", folder],
+                       check=True)
 
 
 SWEEP_FLAGS = ("launcher", "jobs", "gpus", "partition", "gpus_per_run", "cpus_per_run", "mem", "time", "account",
@@ -258,8 +258,9 @@ SWEEP_FLAGS = ("launcher", "jobs", "gpus", "partition", "gpus_per_run", "cpus_pe
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.split("\n\n")[0] + " Reproduce the paper's "
-                                "tables: every benchmark x method x main task x seed, then the tables and figures.")
+    p = argparse.ArgumentParser(prog="run_all.sh", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description=__doc__.split("\n\n")[0] + " Reproduce the paper's tables: every "
+                                "benchmark x method x main task x seed, then the tables and figures.")
     p.add_argument("--benchmarks", default=" ".join(DEFAULT_BENCHMARKS), help="which benchmarks (space-separated)")
     p.add_argument("--methods", default=" ".join(METHOD_NAMES), help="which methods (space-separated)")
     p.add_argument("--seeds", default="", help='seeds (default: "0 1 2"; --quick: 0)')

@@ -109,8 +109,7 @@ class RunLockedError(RunError):
 # Flags that do not change a run's results: where it is written, how it is launched or logged, where the data
 # lies. Every other flag (new ones included) is part of the run's identity.
 NOT_IDENTITY = frozenset({"out", "resume", "force", "device", "workers", "log_level", "stop_after", "download",
-                          "data_root", "cache_root", "methods", "flags", "method_kwargs", "sinks",
-                          "tensorboard", "wandb"})
+                          "data_root", "cache_root", "methods", "flags", "method_kwargs", "sinks"})
 
 
 def run_identity(settings: Dict[str, Any]) -> Dict[str, Any]:
@@ -454,6 +453,11 @@ def weight_column(task: str) -> str:
 
 def p_column(task: str) -> str:
     return f"p_{task}"
+
+
+def metric_column(task: str, metric: str) -> str:
+    """An evaluation column: ``<task>_<metric>`` (e.g. ``seg_miou``, ``left_acc``)."""
+    return f"{task}_{metric}"
 
 
 def find_runs(results: str, benchmark: str = "*") -> List[str]:

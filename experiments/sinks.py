@@ -2,7 +2,8 @@
 
 A sink mirrors each round's rows (one dict per split, columns as ``results_io`` names them) somewhere else. The
 loop opens the sinks that ``TrainConfig.sinks`` names, hands them every round's rows, and closes them. Adding an
-output = one class here and one entry in ``SINKS`` (its training-script flag, ``--<name>``, follows).
+output = one class here and one entry in ``SINKS`` (and in ``SINK_PACKAGES`` / ``SINK_HELP``): the training scripts'
+flag ``--<name>`` follows from them, kept out of runs' identities.
 
 - ``tensorboard``: event files in ``<run>/tensorboard/``, one scalar per numeric column, tagged ``<split>/<column>``,
   at the row's step (``pip install tensorboard``; read with ``tensorboard --logdir RESULTS``).
@@ -88,14 +89,19 @@ class WandbSink(Sink):
 
 
 SINKS = {"tensorboard": TensorBoardSink, "wandb": WandbSink}
-SINK_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+# the optional package each sink needs (None: none); the training scripts get one flag --<name> per sink, which is
+# launch-only (experiments/cli.py keeps it out of the run's identity: mirroring metrics.csv changes no result)
+SINK_PACKAGES: Dict[str, Any] = {"tensorboard": "tensorboard", "wandb": "wandb"}
+SINK_HELP = {"tensorboard": "also write TensorBoard event files to <run>/tensorboard (needs: pip install tensorboard)",
+             "wandb": "also log to an offline Weights & Biases run in <run>/wandb (needs: pip install wandb)"}
 
 
 def check_available(names: Sequence[str]) -> None:
     """``MissingDependencyError`` naming the flag and the install command when a sink's package is missing
     (called before a run writes anything)."""
     for name in names:
-        _require(SINK_PACKAGES[name], name)
+        if SINK_PACKAGES.get(name):
+            _require(SINK_PACKAGES[name], name)
 
 
 def open_sinks(names: Sequence[str], run_dir: str, config: Dict[str, Any]) -> List[Sink]:

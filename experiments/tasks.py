@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .metrics import Accuracy, ConfusionMatrix, DepthError, MeanSquaredError, NormalError
+from .results_io import metric_column
 
 # metric → higher is better
 METRICS = {
@@ -57,7 +58,7 @@ class Task:
         """``<name>_<metric>`` → higher is better."""
         metrics = METRICS[self.kind]
         keep = self.table_metrics if (table_only and self.table_metrics) else tuple(metrics)
-        return {f"{self.name}_{m}": metrics[m] for m in keep}
+        return {metric_column(self.name, m): metrics[m] for m in keep}
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         prediction = prediction.float()

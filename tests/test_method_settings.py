@@ -3,6 +3,7 @@ flags and config.json all follow the declaration. Registry-wide: a new method in
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import json
 import os
@@ -12,12 +13,15 @@ import pytest
 import torch
 
 import methods
-from experiments import cli, train_cifar_ssl, train_cityscapes, train_multimnist, train_nyuv2
+from experiments import cli, train_cifar_ssl
+from experiments.plan import PLANS
 from methods import METHOD_NAMES, METHODS, get_method, method_settings
 from methods.settings import setting_fields
 
-SCRIPTS = {"nyuv2": train_nyuv2, "cityscapes": train_cityscapes, "cifar_ssl": train_cifar_ssl,
-           "multimnist": train_multimnist}
+# every training script over experiments/cli.py that the plan runs (the toy script trains all methods at once)
+SCRIPTS = {name: importlib.import_module(plan.script[:-3].replace("/", "."))
+           for name, plan in PLANS.items() if not plan.whole_list}
+train_nyuv2 = SCRIPTS["nyuv2"]
 RUN_ARGUMENTS = ("n_tasks", "main_task", "device")
 
 
@@ -48,9 +52,12 @@ def test_get_method_names_an_undeclared_setting(name):
 
 
 def test_labels_are_the_papers_row_names():
-    # ../shared/paper/nyuv2.csv's method column, in the paper's order
-    assert [METHODS[n].label for n in METHOD_NAMES] == ["STL", "LS", "PCGrad", "CAGrad", "Nash-MTL", "GCS", "OL-AUX",
-                                                        "AuxiLearn", "AuxiNash"]
+    """The paper's methods carry its row names (../shared/paper/nyuv2.csv's method column); labels are unique."""
+    paper = {"stl": "STL", "equal": "LS", "pcgrad": "PCGrad", "cagrad": "CAGrad", "nashmtl": "Nash-MTL", "gcs": "GCS",
+             "olaux": "OL-AUX", "auxilearn": "AuxiLearn", "auxinash": "AuxiNash"}
+    assert {name: METHODS[name].label for name in paper} == paper
+    labels = [METHODS[name].label for name in METHOD_NAMES]
+    assert len(set(labels)) == len(labels)
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))

@@ -14,6 +14,7 @@ from data.cityscapes import conventions, detect_layout
 from ..models import MultiTaskModel, SegNet
 from ..tasks import Task
 from .base import Batch, Benchmark, is_synthetic
+from ..results_io import metric_column
 
 
 class DenseBenchmark(Benchmark):
@@ -86,7 +87,8 @@ class DenseBenchmark(Benchmark):
             for t in self.tasks:
                 accumulators[t.name].update(predictions[t.name].float(), batch[t.key])
         model.train()
-        return {"test": {f"{name}_{k}": v for name, acc in accumulators.items() for k, v in acc.result().items()}}
+        return {"test": {metric_column(name, k): v for name, acc in accumulators.items()
+                         for k, v in acc.result().items()}}
 
     def state_dict(self):
         state = {"generator": self.generator.get_state()}

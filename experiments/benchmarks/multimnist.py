@@ -11,6 +11,7 @@ from data.multimnist import MultiMnist
 from ..models import MultiLeNet, MultiTaskModel
 from ..tasks import Task
 from .base import Batch, Benchmark
+from ..results_io import metric_column
 
 MULTIMNIST_TASKS = (Task("left", "left", "classification", 10), Task("right", "right", "classification", 10))
 
@@ -64,7 +65,8 @@ class MultiMnistBenchmark(Benchmark):
                 outputs = model(batch["image"])
                 for t in self.tasks:
                     accuracies[t.name].update(outputs[t.name].float(), batch[t.key])
-            results[split] = {f"{name}_{k}": v for name, acc in accuracies.items() for k, v in acc.result().items()}
+            results[split] = {metric_column(name, k): v for name, acc in accuracies.items()
+                               for k, v in acc.result().items()}
         model.train()
         return results
 

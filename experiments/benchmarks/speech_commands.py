@@ -12,6 +12,7 @@ from data.speech_commands import WORDS, SpeechCommands
 from ..models import MultiTaskModel, scaled
 from ..tasks import Task
 from .base import Batch, Benchmark
+from ..results_io import metric_column
 
 SPEECH_TASKS = tuple(Task(word, word, "classification", 2) for word in WORDS)
 CHANNELS = (32, 64, 128)
@@ -119,7 +120,8 @@ class SpeechCommandsBenchmark(Benchmark):
                 outputs = model(batch["spec"])
                 for t in self.tasks:
                     counts[t.name].update(outputs[t.name].float(), batch[t.key])
-            results[split] = {f"{name}_{k}": v for name, c in counts.items() for k, v in c.result().items()}
+            results[split] = {metric_column(name, k): v for name, c in counts.items()
+                               for k, v in c.result().items()}
         model.train()
         return results
 
