@@ -112,6 +112,10 @@ def base_parser(description: str, lr: float, meta_every: int = 25) -> argparse.A
     method.add_argument("--hypergrad-clip", type=positive_float, default=None, help="AuxiNash / AuxiLearn clipping")
     method.add_argument("--max-norm", type=non_negative_float, default=None, help="Nash-MTL / AuxiNash max update norm")
     method.add_argument("--update-weights-every", type=positive_int, default=None, help="Nash-MTL / AuxiNash solve period")
+    method.add_argument("--fast", action="store_true", default=None,
+                        help="Nash-MTL / AuxiNash fast mode: per-task gradients with respect to the shared "
+                             "representation + one backward of the weighted loss (about linear scalarisation's cost; "
+                             "an approximation, see methods/auxinash.py); combine with --update-weights-every N")
     method.add_argument("--solver", default=None, choices=["newton", "cvxpy"], help="Nash-MTL / AuxiNash solver")
     method.add_argument("--gcs-weighted", action="store_true", default=None, help="GCS: scale by the cosine")
     method.add_argument("--olaux-lr", type=positive_float, default=None, help="OL-AUX step size β (default 0.05, ARML)")
@@ -151,6 +155,8 @@ def make_config(args: argparse.Namespace, task_names: List[str], lr_step: Option
         flags["p"] = expand_p(args.p, len(task_names), task_names.index(main_task) if main_task in task_names else 0)
         flags["learn_p"] = False
     kwargs = method_kwargs_from_flags(args.method, flags, FLAG_ALIASES)
+    if getattr(args, "fast", None) and "fast" not in kwargs:
+        raise ValueError(f"--fast is a mode of Nash-MTL and AuxiNash, not of {args.method}")
     return TrainConfig(method=args.method, main_task=main_task, seed=args.seed, lr=args.lr, lr_step=lr_step,
                        meta_every=args.meta_every, amp=args.amp, representation=args.representation, out=args.out,
                        meta_batches=args.meta_batches,

@@ -235,8 +235,8 @@ def _train_locked(benchmark: Benchmark, config: TrainConfig, run_dir: str) -> st
             with autocast:
                 losses, representation = benchmark.losses(model, batch)
             losses = losses.float()
-            info = method.backward(losses, shared, specific,
-                                   representation=representation if config.representation else None)
+            info = method.backward(losses, shared, specific, representation=representation
+                                   if config.representation or getattr(method, "fast", False) else None)
             optimizer.step()
             if hasattr(model, "after_step"):
                 model.after_step()

@@ -17,6 +17,29 @@ batch, over the shared parameters. The hypergradient is clipped to norm 1, p tak
 momentum 0.9), is clamped at ≥ 1e-4 and rescaled to sum to K: the official code's defaults.
 
 ``p`` given and ``learn_p=False`` is the paper's fixed-p ablation (Table 8); p = 1 is Nash-MTL.
+
+Fast mode (``fast=True``, the trainers' ``--fast``; not in the paper, issue 24): the K per-task gradients are
+taken with respect to the shared representation z (the encoder's output, which the training loop then hands to
+``backward``) instead of the shared parameters θ, α solves the bargaining condition on the representation Gram
+matrix M_z = G_z G_zᵀ, and one backward pass of Σ_k α_k L_k (through the encoder) gives every parameter its
+update. The K backward passes then stop at z (they run through the task heads only), so a step costs about one
+forward and one backward pass: linear scalarisation's cost. What it approximates:
+
+* the Gram matrix: the exact method's M_θ = J_θ-weighted Gram matrix, (M_θ)_jk = g_z,jᵀ (J J ᵀ) g_z,k with J the
+  Jacobian of z with respect to θ, is replaced by M_z (J Jᵀ replaced by the identity). They agree up to a
+  factor when J Jᵀ is a multiple of the identity: one sample x through one linear shared layer without bias gives
+  M_θ = ‖x‖² M_z, so α_exact = α_fast / ‖x‖ (tests/test_fast_mode.py); in general the direction differs too;
+* the scale of α: α scales as 1/‖G‖ (see ``nash_solver``), so the fast α is on the scale of the representation
+  gradients, not the parameter gradients. The shared update is still clipped to ``max_norm``; the
+  task-specific parameters get Σ_k α_k ∇L_k on the fast scale (Adam is nearly invariant to a constant scale);
+  the bargaining-power hypergradient dL_V/dp scales with α too (dα/dp = (M_z + diag(p/α²))⁻¹ diag(1/α)), so
+  its clipping at norm 1 may bind at other steps than in the exact method.
+
+The official Nash-MTL code (AvivNavon/nash-mtl, ``methods/weight_methods.py``) has no representation variant of
+Nash-MTL: its ``NashMTL.backward`` accepts ``representation`` and ignores it (only MGDA's ``params="rep"``,
+MGDA-UB, uses it); its cheaper option is ``update_weights_every`` (α reused between solves), which is the
+separate switch here (``update_weights_every``; on the other steps one backward of Σ_k α_k L_k with the last
+solve's α). Both switches default to the exact method.
 """
 from __future__ import annotations
 
@@ -56,6 +79,7 @@ class AuxiNash(GradientMethod):
         min_p: float = 1e-4,
         solver: str = "newton",
         hvp: Optional[str] = None,
+        fast: bool = False,
     ) -> None:
         super().__init__(n_tasks, main_task, device)
         if solver not in SOLVERS:
@@ -72,6 +96,7 @@ class AuxiNash(GradientMethod):
         self.hypergrad_clip = hypergrad_clip
         self.min_p = min_p
         self.solver = solver
+        self.fast = fast  # per-task gradients w.r.t. the shared representation (module docstring)
         self.hvp = hvp  # Hessian-vector products: "reverse", "forward" or None (``implicit.DEFAULT_HVP_MODE``)
         self._cvxpy: Optional[CvxpyNashSolver] = None
         initial = torch.ones(n_tasks, dtype=torch.float64) if p is None else torch.as_tensor(p, dtype=torch.float64)
@@ -116,6 +141,9 @@ class AuxiNash(GradientMethod):
         return weights, weights, {"weights": weights}
 
     def backward(self, losses, shared_parameters, task_specific_parameters=(), representation=None):
+        if self.fast and representation is None and self.reused_weights() is None:
+            raise ValueError(f"{type(self).__name__}(fast=True) takes the per-task gradients with respect to the "
+                             "shared representation: pass backward(..., representation=<the encoder's output>)")
         info = super().backward(losses, shared_parameters, task_specific_parameters, representation)
         if self.reports_p:
             info["p"] = self.p.to(losses.device, torch.float32)
