@@ -50,7 +50,8 @@ import torch
 
 from .base import GradientMethod, LossFunction
 from .gradients import TaskGradients
-from .implicit import implicit_hypergradient
+from . import implicit
+from .implicit import implicit_hypergradient, weighted_sum_hypergradient
 from .nash_solver import CvxpyNashSolver, nash_alpha_derivative, solve_nash
 
 SOLVERS = ("newton", "cvxpy")
@@ -80,6 +81,7 @@ class AuxiNash(GradientMethod):
         solver: str = "newton",
         hvp: Optional[str] = None,
         fast: bool = False,
+        mixed_term: str = "gradients",
     ) -> None:
         super().__init__(n_tasks, main_task, device)
         if solver not in SOLVERS:
@@ -96,6 +98,7 @@ class AuxiNash(GradientMethod):
         self.hypergrad_clip = hypergrad_clip
         self.min_p = min_p
         self.solver = solver
+        self.mixed_term = mixed_term  # "gradients" or "double_backward" (same value; ``implicit``)
         self.fast = fast  # per-task gradients w.r.t. the shared representation (module docstring)
         self.hvp = hvp  # Hessian-vector products: "reverse", "forward" or None (``implicit.DEFAULT_HVP_MODE``)
         self._cvxpy: Optional[CvxpyNashSolver] = None
@@ -159,9 +162,13 @@ class AuxiNash(GradientMethod):
         """dL_V/dp (times 1/neumann_scale, see ``implicit``), float64 on the CPU, before clipping."""
         shared = list(shared_parameters)
         val_loss = compute_losses(val_batch)[self.main_task]
-        alpha = self.alpha.to(val_loss.device, val_loss.dtype).clone().requires_grad_(True)
-        (d_alpha,) = implicit_hypergradient(val_loss, lambda: (alpha * compute_losses(train_batch)).sum(), shared,
-                                            [alpha], self.neumann_terms, self.neumann_scale, hvp=self.hvp)
+        if (self.hvp or implicit.DEFAULT_HVP_MODE) == "reverse":  # mixed term from K plain gradients (exact)
+            d_alpha = weighted_sum_hypergradient(val_loss, lambda: compute_losses(train_batch), self.alpha, shared,
+                                                 self.neumann_terms, self.neumann_scale, mixed=self.mixed_term)
+        else:
+            alpha = self.alpha.to(val_loss.device, val_loss.dtype).clone().requires_grad_(True)
+            (d_alpha,) = implicit_hypergradient(val_loss, lambda: (alpha * compute_losses(train_batch)).sum(),
+                                                shared, [alpha], self.neumann_terms, self.neumann_scale, hvp=self.hvp)
         dalpha_dp = nash_alpha_derivative(self.gram.numpy(), self.p.numpy(), self.alpha.numpy())
         return d_alpha.detach().cpu().double() @ torch.from_numpy(dalpha_dp)
 
