@@ -228,7 +228,6 @@ def weighted_sum_hypergradient(
     CPU: 2.1 s against 3.0 s of a 17 s meta-update). Returns the K hypergradients (times 1/scale)."""
     if mixed not in MIXED_MODES:
         raise ValueError(f"unknown mixed-term mode {mixed!r}; choose one of {MIXED_MODES}")
-    from .gradients import task_outputs  # the gradients module imports nothing from here; keep it that way
 
     parameters = list(parameters)
     val_gradient = torch.autograd.grad(val_loss, parameters, allow_unused=True)
@@ -236,6 +235,8 @@ def weighted_sum_hypergradient(
     if not isinstance(train_losses, torch.Tensor):
         train_losses = train_losses()
     alpha = weights.detach().to(train_losses.device, train_losses.dtype)
+    if terms == 0 and mixed == "gradients":  # u = ∇_θ L_V: no Hessian product, so no gradient graph to build
+        return -_dot_task_gradients(train_losses, parameters, val_gradient)
     if mixed == "double_backward":
         alpha = alpha.clone().requires_grad_(True)
     train_gradient = torch.autograd.grad((alpha * train_losses).sum(), parameters, create_graph=True,
@@ -248,12 +249,20 @@ def weighted_sum_hypergradient(
         (product,) = torch.autograd.grad(train_gradient, [alpha], grad_outputs=inverse_hvp)
         return -product.detach()
     del train_gradient  # frees the double-backward graph before the K passes
-    products = torch.zeros(len(train_losses), dtype=torch.float64)
-    for k, target in enumerate(task_outputs(train_losses)):
+    return -_dot_task_gradients(train_losses, used_parameters, inverse_hvp)
+
+
+def _dot_task_gradients(losses: torch.Tensor, parameters: Sequence[torch.Tensor],
+                        vector: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(vᵀ∇_θ L_k)_k in float64 on the CPU, from K backward passes (each through its own loss's graph only)."""
+    from .gradients import task_outputs  # the gradients module imports nothing from here; keep it that way
+
+    products = torch.zeros(len(losses), dtype=torch.float64)
+    for k, target in enumerate(task_outputs(losses)):
         if target is None:
             continue
         output, grad_output = target
-        grads = torch.autograd.grad([output], used_parameters, grad_outputs=[grad_output], retain_graph=True,
+        grads = torch.autograd.grad([output], parameters, grad_outputs=[grad_output], retain_graph=True,
                                     allow_unused=True)
-        products[k] = sum(float((g.double() * u.double()).sum()) for g, u in zip(grads, inverse_hvp) if g is not None)
-    return -products
+        products[k] = sum(float((g.double() * u.double()).sum()) for g, u in zip(grads, vector) if g is not None)
+    return products

@@ -184,3 +184,20 @@ def test_auxinash_meta_update_unchanged_by_the_mixed_term_mode():
         updates[mode] = method.p_hypergradient(model.losses, batch, batch,
                                                model.shared_parameters())
     torch.testing.assert_close(updates["gradients"], updates["double_backward"], rtol=1e-9, atol=0)
+
+
+def test_zero_neumann_terms_skip_the_gradient_graph_with_the_same_result():
+    """terms = 0: u = ∇_θ L_V, so the hypergradient is −(∇_θ L_V)ᵀ∇_θ L_k, with or without building the graph."""
+    from methods.implicit import weighted_sum_hypergradient
+
+    torch.manual_seed(0)
+    model = TinyMultiTask().double()
+    batch = tuple(t.double() if isinstance(t, torch.Tensor) else [u.double() for u in t] for t in make_batch())
+    weights = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    shared = model.shared_parameters()
+    short = weighted_sum_hypergradient(model.losses(batch)[0], lambda: model.losses(batch), weights, shared, 0)
+    full = weighted_sum_hypergradient(model.losses(batch)[0], lambda: model.losses(batch), weights, shared, 0,
+                                      mixed="double_backward")
+    torch.testing.assert_close(short, full, rtol=1e-10, atol=0)
+    g = per_task_gradients(model.losses(batch), shared).shared
+    torch.testing.assert_close(short, -(g @ g[0]), rtol=1e-10, atol=0)
