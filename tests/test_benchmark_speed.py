@@ -22,7 +22,8 @@ def test_quick_benchmark_covers_every_method_and_writes_its_table(tmp_path, caps
     assert any(item.startswith("meta-update: auxinash (hvp=") for item in items)
     assert {"step: auxinash --fast", "step: nashmtl --fast", "step: auxinash --fast --update-weights-every 10",
             "amortised step (meta every 25): auxinash --fast", "meta-update: auxinash (mixed=double_backward)",
-            "step reusing α (nashmtl, between solves)"} <= items
+            "step reusing α (nashmtl, between solves)", "meta-update: auxinash (neumann_terms=0)",
+            "amortised step (meta every 25): auxinash --fast --neumann-terms 0"} <= items
     steps = written[written["item"].str.startswith(("step", "amortised", "floor"))]
     assert (steps["ratio_to_ls"] > 0).all()
     equal = written[written["item"] == "floor: forward + 1 backward + Adam (equal)"]
