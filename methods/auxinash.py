@@ -25,15 +25,19 @@ matrix M_z = G_z G_zᵀ, and one backward pass of Σ_k α_k L_k (through the enc
 update. The K backward passes then stop at z (they run through the task heads only), so a step costs about one
 forward and one backward pass: linear scalarisation's cost. What it approximates:
 
-* the Gram matrix: the exact method's M_θ = J_θ-weighted Gram matrix, (M_θ)_jk = g_z,jᵀ (J J ᵀ) g_z,k with J the
-  Jacobian of z with respect to θ, is replaced by M_z (J Jᵀ replaced by the identity). They agree up to a
-  factor when J Jᵀ is a multiple of the identity: one sample x through one linear shared layer without bias gives
-  M_θ = ‖x‖² M_z, so α_exact = α_fast / ‖x‖ (tests/test_fast_mode.py); in general the direction differs too;
+* the Gram matrix: with J = ∂z/∂θ, the parameter gradients are g_θ,k = Jᵀ g_z,k and the exact method's Gram
+  matrix is (M_θ)_jk = g_z,jᵀ J Jᵀ g_z,k; the fast mode replaces J Jᵀ by the identity. The two agree up to a
+  factor when J Jᵀ is a multiple of the identity: one sample x through one linear shared layer without bias
+  gives M_θ = ‖x‖² M_z, so α_exact = α_fast / ‖x‖ (tests/test_fast_mode.py); in general the ratios of the α_k,
+  hence the direction of the update, differ too;
 * the scale of α: α scales as 1/‖G‖ (see ``nash_solver``), so the fast α is on the scale of the representation
-  gradients, not the parameter gradients. The shared update is still clipped to ``max_norm``; the
-  task-specific parameters get Σ_k α_k ∇L_k on the fast scale (Adam is nearly invariant to a constant scale);
-  the bargaining-power hypergradient dL_V/dp scales with α too (dα/dp = (M_z + diag(p/α²))⁻¹ diag(1/α)), so
-  its clipping at norm 1 may bind at other steps than in the exact method.
+  gradients, not the parameter gradients (on Multi-MNIST ~150× larger, results/reference/fast_mode). The
+  exact update Σ_k α_k g_θ,k has norm √(Σ p) ≥ 1 and is always clipped to ``max_norm``; the fast one has no
+  fixed norm and is clipped only when larger. The task-specific parameters get Σ_k α_k ∇L_k on the fast
+  scale (Adam is nearly invariant to a constant scale);
+* the bargaining-power meta-update is unchanged (implicit differentiation over all shared parameters) but uses
+  the fast α and M_z: dα/dp = (M_z + diag(p/α²))⁻¹ diag(1/α) scales with α, so the hypergradient's clipping at
+  norm 1 may bind at other steps than in the exact method.
 
 The official Nash-MTL code (AvivNavon/nash-mtl, ``methods/weight_methods.py``) has no representation variant of
 Nash-MTL: its ``NashMTL.backward`` accepts ``representation`` and ignores it (only MGDA's ``params="rep"``,
