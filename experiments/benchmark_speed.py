@@ -7,14 +7,19 @@
 Measures, with warm-up and medians over ``--steps`` steps, on NYUv2 shapes (SegNet, 3×288×384, batch 2 and 8)
 and CIFAR shapes (WRN-28-2, 32×32, 128 + 128 images with their rotated copies and Exemplar-MT views):
 
-1. the floor: an equal-weighting step (forward + one backward + Adam) and forward + K per-task gradients
-   (``torch.autograd.grad`` each) summed into ``.grad`` + Adam: what any gradient-combining method must pay;
-   and the same K gradients from one batched backward (``per_task_gradients(mode="batched")``), timed
-   alternately with the K passes (A, B, A, B, ...) so that load on a shared machine hits both alike;
-2. one training step of every method in ``METHOD_NAMES`` and the meta-update of AuxiNash and AuxiLearn
-   (amortised AuxiNash step: step + meta-update / 25); AuxiNash's meta-update with both Hessian-vector
-   product modes (``implicit.HVP_MODES``), again timed alternately;
-3. the Nash solver against the CVXPY reference for K = 2..10: time per solve and relative residual.
+1. linear scalarisation (an equal-weighting step: forward + one backward + Adam) and the floor of any
+   gradient-combining method: forward + K per-task gradients (``torch.autograd.grad`` each) summed into
+   ``.grad`` + Adam; the same K gradients from one batched backward (``per_task_gradients(mode="batched")``);
+2. one training step of every method in ``METHOD_NAMES``, of Nash-MTL and AuxiNash in fast mode (``fast=True``:
+   per-task gradients w.r.t. the shared representation, ``--fast`` of the trainers), and a step that reuses α
+   between solves (``update_weights_every``; the amortised step for ``--reuse-every`` N is computed from it);
+   all of items 1 and 2 timed alternately in one loop (A, B, C, ..., A, B, C, ...) so that load on a shared
+   machine hits them alike; each reported in ms, as a ratio to linear scalarisation and to the K-gradient floor;
+3. the meta-updates of AuxiNash and AuxiLearn, alternately: AuxiNash's by default, with the official mixed
+   term (``mixed_term="double_backward"``, same result), with the other Hessian-vector product mode (same
+   result) and with no Neumann terms (``--neumann-terms 0``: a different result, see the README); the amortised step
+   (step + meta-update / 25) of AuxiNash and AuxiLearn, AuxiNash also in fast mode and with α reused;
+4. the Nash solver against the CVXPY reference for K = 2..10: time per solve and relative residual.
 
 Writes ``results/speed/<device>.csv`` (``<device>_quick.csv`` with ``--quick``) and prints a markdown table
 with each time as a ratio to the K-gradient floor measured in the same run. The expected duration of the
@@ -131,56 +136,123 @@ class Workload:
         write_grad(self.specific, grads.task_specific.sum(0))
         self.optimizer.step()
 
+    def losses_and_representation(self):
+        """The K losses and the shared representation they are computed from (the encoder's output)."""
+        captured = {}
+        encode = self.model.encode
+
+        def capture(*args, **kwargs):
+            captured["z"] = encode(*args, **kwargs)
+            return captured["z"]
+        self.model.encode = capture
+        try:
+            losses = self.losses()
+        finally:
+            del self.model.encode  # back to the class's method
+        return losses, captured["z"]
+
     def method_step(self, method) -> Callable[[], None]:
+        fast = getattr(method, "fast", False)
+
         def step() -> None:
             self.optimizer.zero_grad(set_to_none=True)
-            method.backward(self.losses(), self.shared, self.specific)
+            if fast:
+                losses, representation = self.losses_and_representation()
+                method.backward(losses, self.shared, self.specific, representation=representation)
+            else:
+                method.backward(self.losses(), self.shared, self.specific)
             self.optimizer.step()
         return step
 
 
+FAST_METHODS = ("nashmtl", "auxinash")
+"""The Nash family, timed also with ``fast=True`` (and with α reused, ``update_weights_every``)."""
+META_METHODS = ("auxinash", "auxilearn")
+
+
+def step_variants(methods: List[str]) -> Dict[str, Dict]:
+    """label → constructor kwargs of every method step to time: each method as it is, and the Nash family with
+    ``fast=True``."""
+    variants = {name: dict(name=name) for name in methods}
+    for name in methods:
+        if name in FAST_METHODS:
+            variants[f"{name} --fast"] = dict(name=name, fast=True)
+    return variants
+
+
 def measure_workload(work: Workload, label: str, steps: int, warmup: int, meta_steps: int,
-                     methods: List[str], meta_warmup: int = 1) -> List[Dict]:
+                     methods: List[str], meta_warmup: int = 1, reuse_every: int = 10,
+                     meta_every: int = 25) -> List[Dict]:
+    """Every step (linear scalarisation, the K-gradient floors, each method and its fast variant, and a step
+    that reuses α) timed alternately in one loop, then the meta-updates, alternately. With α reused every N
+    steps, the amortised step is (solving step + (N − 1) reusing steps) / N."""
     device = work.device
     rows = []
-    floor_equal = timed(work.equal_step, steps, warmup, device)
-    floors = timed_alternately({"loop": work.k_gradient_step, "batched": lambda: work.k_gradient_step("batched")},
-                               steps, max(warmup, 1), device)  # at least one warm-up: the denominators
-    floor = floors["loop"]
-    rows.append({"workload": label, "item": "floor: forward + 1 backward + Adam (equal)", "ms": floor_equal})
+    n_tasks = len(work.tasks)
+    variants = step_variants(methods)
+    built = {key: get_method(kw["name"], n_tasks=n_tasks, main_task=0, device=device,
+                             **{k: v for k, v in kw.items() if k != "name"}) for key, kw in variants.items()}
+    functions: Dict[str, Callable[[], None]] = {
+        "equal": work.equal_step, "loop": work.k_gradient_step, "batched": lambda: work.k_gradient_step("batched")}
+    functions.update({f"step: {key}": work.method_step(method) for key, method in built.items()})
+    reusing = [name for name in methods if name in FAST_METHODS][:1]
+    if reuse_every > 1 and reusing:  # the Nash family's steps between solves: one backward of Σ α_k L_k
+        reuser = get_method(reusing[0], n_tasks=n_tasks, main_task=0, device=device, update_weights_every=10**9)
+        work.method_step(reuser)()  # the solve; every later step reuses its α
+        functions["reuse"] = work.method_step(reuser)
+    times = timed_alternately(functions, steps, max(warmup, 1), device)  # at least one warm-up: the denominators
+    floor, ls = times["loop"], times["equal"]
+    rows.append({"workload": label, "item": "floor: forward + 1 backward + Adam (equal)", "ms": ls})
     rows.append({"workload": label, "item": "floor: forward + K gradients + Adam", "ms": floor})
     rows.append({"workload": label, "item": "floor: forward + K gradients (one batched backward) + Adam",
-                 "ms": floors["batched"], "ratio_to_default": floors["batched"] / floors[DEFAULT_GRADIENT_MODE]})
+                 "ms": times["batched"], "ratio_to_default": times["batched"] / times[DEFAULT_GRADIENT_MODE]})
+    if "reuse" in times:
+        rows.append({"workload": label, "item": f"step reusing α ({reusing[0]}, between solves)", "ms": times["reuse"]})
+    for key in variants:
+        rows.append({"workload": label, "item": f"step: {key}", "ms": times[f"step: {key}"]})
+        log.info("%s: %s step %.1f ms", label, key, times[f"step: {key}"])
+        if "reuse" in times and variants[key]["name"] in FAST_METHODS:
+            rows.append({"workload": label, "item": f"step: {key} --update-weights-every {reuse_every}",
+                         "ms": (times[f"step: {key}"] + (reuse_every - 1) * times["reuse"]) / reuse_every})
+
+    # meta-updates after a real step of each (α and the Gram matrix of a solve), interleaved
+    metas: Dict[str, Callable[[], None]] = {}
+    meta_methods = {}
     for name in methods:
-        method = get_method(name, n_tasks=len(work.tasks), main_task=0, device=device)
-        step_ms = timed(work.method_step(method), steps, warmup, device)
-        rows.append({"workload": label, "item": f"step: {name}", "ms": step_ms})
-        log.info("%s: %s step %.1f ms", label, name, step_ms)
-        if name not in ("auxinash", "auxilearn"):
-            continue
-        if name == "auxinash":  # both Hessian-vector product modes, interleaved
-            modes = {mode: get_method(name, n_tasks=len(work.tasks), main_task=0, device=device, hvp=mode)
-                     for mode in implicit.HVP_MODES}
-            for variant in modes.values():  # the weights α of a real step
-                work.method_step(variant)()
-            metas = timed_alternately({mode: (lambda m=m: m.meta_update(work.losses, work.batch, work.batch,
-                                                                         work.shared))
-                                       for mode, m in modes.items()}, meta_steps, meta_warmup, device)
-            meta_ms = metas[implicit.DEFAULT_HVP_MODE]
-        else:
-            meta_ms = timed(lambda: method.meta_update(work.losses, work.batch, work.batch, work.shared),
-                            meta_steps, meta_warmup, device)
-            metas = {implicit.DEFAULT_HVP_MODE: meta_ms}
-        rows.append({"workload": label, "item": f"meta-update: {name}", "ms": meta_ms,
-                     "ratio_to_step": meta_ms / step_ms})
-        for mode, ms in metas.items():
-            if mode != implicit.DEFAULT_HVP_MODE:
-                rows.append({"workload": label, "item": f"meta-update: {name} (hvp={mode})", "ms": ms,
-                             "ratio_to_step": ms / step_ms, "ratio_to_default": ms / meta_ms})
-        rows.append({"workload": label, "item": f"amortised step (meta every 25): {name}",
-                     "ms": step_ms + meta_ms / 25})
+        if name == "auxinash":
+            meta_methods["auxinash"] = get_method(name, n_tasks=n_tasks, main_task=0, device=device)
+            meta_methods["auxinash (mixed=double_backward)"] = get_method(name, n_tasks=n_tasks, main_task=0,
+                                                                          device=device, mixed_term="double_backward")
+            meta_methods["auxinash (neumann_terms=0)"] = get_method(name, n_tasks=n_tasks, main_task=0, device=device,
+                                                                    neumann_terms=0)
+            for mode in implicit.HVP_MODES:
+                if mode != implicit.DEFAULT_HVP_MODE:
+                    meta_methods[f"auxinash (hvp={mode})"] = get_method(name, n_tasks=n_tasks, main_task=0,
+                                                                        device=device, hvp=mode)
+        elif name == "auxilearn":
+            meta_methods["auxilearn"] = get_method(name, n_tasks=n_tasks, main_task=0, device=device)
+    for key, method in meta_methods.items():
+        work.method_step(method)()
+        metas[key] = lambda m=method: m.meta_update(work.losses, work.batch, work.batch, work.shared)
+    meta_ms = timed_alternately(metas, meta_steps, meta_warmup, device) if metas else {}
+    for key, ms in meta_ms.items():
+        base = key.split(" ")[0]
+        row = {"workload": label, "item": f"meta-update: {key}", "ms": ms, "ratio_to_step": ms / times[f"step: {base}"]}
+        if key != base:
+            row["ratio_to_default"] = ms / meta_ms[base]
+        rows.append(row)
+    for row in list(rows):
+        if row["item"].startswith("step: ") and row["item"][6:].split(" ")[0] in meta_ms:
+            name = row["item"][6:]
+            rows.append({"workload": label, "item": f"amortised step (meta every {meta_every}): {name}",
+                         "ms": row["ms"] + meta_ms[name.split(" ")[0]] / meta_every})
+            if name.startswith("auxinash") and "auxinash (neumann_terms=0)" in meta_ms:  # changes the result
+                rows.append({"workload": label, "item": f"amortised step (meta every {meta_every}): {name} "
+                                                        f"--neumann-terms 0",
+                             "ms": row["ms"] + meta_ms["auxinash (neumann_terms=0)"] / meta_every})
     for row in rows:
         row["ratio_to_floor"] = row["ms"] / floor
+        row["ratio_to_ls"] = row["ms"] / ls
     return rows
 
 
@@ -216,18 +288,21 @@ def markdown(frame: pd.DataFrame) -> str:
             lines += [f"| {r.item[2:]} | {r.ms:.3f} | {r.cvxpy_ms:.1f} | {r.speedup:.0f}× | {r.residual:.1e} | "
                       f"{r.cvxpy_residual:.1e} |" for r in group.itertuples()]
         else:
-            lines += ["| | ms | × K-gradient floor | × step | × default mode |", "|---|---|---|---|---|"]
-            lines += [f"| {r.item} | {r.ms:.1f} | {r.ratio_to_floor:.2f} | {optional(r, 'ratio_to_step', 1)} | "
-                      f"{optional(r, 'ratio_to_default', 2)} |" for r in group.itertuples()]
+            lines += ["| | ms | × linear scalarisation | × K-gradient floor | × step | × default mode |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {r.item} | {r.ms:.1f} | {optional(r, 'ratio_to_ls', 2)} | {r.ratio_to_floor:.2f} | "
+                      f"{optional(r, 'ratio_to_step', 1)} | {optional(r, 'ratio_to_default', 2)} |"
+                      for r in group.itertuples()]
     return "\n".join(lines)
 
 
 def expected_minutes(equal_ms: float, steps: int, warmup: int, meta_steps: int, meta_warmup: int,
                      methods: List[str]) -> float:
     """Rough duration of one workload from one equal-weighting step: on the CPU run of 2026-11-22 a method
-    step averaged ≈ 1.8 equal steps (3 for the K-gradient floors) and a meta-update ≈ 11."""
-    step_calls = (warmup + steps) * (1 + 1.8 * len(methods)) + (max(warmup, 1) + steps) * 2 * 3
-    meta_calls = (meta_warmup + meta_steps) * 11 * (2 * ("auxinash" in methods) + ("auxilearn" in methods))
+    step averaged ≈ 1.8 equal steps (3 for the K-gradient floors; a fast step ≈ 1.2) and a meta-update ≈ 11."""
+    n_fast = sum(name in FAST_METHODS for name in methods)
+    step_calls = (max(warmup, 1) + steps) * (1 + 2 * 3 + 1.8 * len(methods) + 1.2 * n_fast + 1)
+    meta_calls = (meta_warmup + meta_steps) * 11 * (3.3 * ("auxinash" in methods) + ("auxilearn" in methods))
     return equal_ms * (step_calls + meta_calls + len(implicit.HVP_MODES)) / 60000
 
 
@@ -239,17 +314,24 @@ def main(argv=None) -> pd.DataFrame:
                         help="every workload, method and meta-update timed once (no warm-up except for the "
                              "K-gradient floors), at half the default width; Nash solver with fewer repeats (a few "
                              "minutes on an idle 2-core CPU); writes <device>_quick.csv")
-    parser.add_argument("--width", type=float, default=None,
-                        help="model width multiplier (default: 1 on CUDA, 0.25 on CPU; half that with --quick)")
+    parser.add_argument("--width", "--model-width", dest="width", type=float, default=None,
+                        help="model width multiplier (default: 1 on CUDA, 0.25 on CPU; half that with --quick); "
+                             "--model-width 1.0 on the CPU: the full SegNet (minutes per step at batch 2)")
     parser.add_argument("--image-size", type=int, nargs=2, default=[288, 384], help="NYUv2 image size")
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[2, 8], help="NYUv2 batch sizes (none: skip)")
-    parser.add_argument("--cifar-batch", type=int, default=128, help="labelled (= unlabelled) CIFAR images")
+    parser.add_argument("--cifar-batch", type=int, default=128,
+                        help="labelled (= unlabelled) CIFAR images (0: skip the CIFAR workload)")
+    parser.add_argument("--reuse-every", type=int, default=10,
+                        help="the Nash family with α reused between solves (update_weights_every): the amortised "
+                             "step for this N; 1: not measured")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 CUDA, 5 CPU, 1 quick)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 3, 0 quick)")
     parser.add_argument("--meta-steps", type=int, default=None, help="timed meta-updates (default: 3, 1 quick)")
+    parser.add_argument("--meta-warmup", type=int, default=None, help="untimed meta-updates first (default: 1, 0 quick)")
     parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES)
     parser.add_argument("--skip-solver", action="store_true")
     parser.add_argument("--out", default="results/speed")
+    parser.add_argument("--name", default=None, help="CSV file name without .csv (default: <device>[_amp][_quick])")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     device = torch.device(args.device)
@@ -264,12 +346,13 @@ def main(argv=None) -> pd.DataFrame:
     steps = args.steps or (1 if args.quick else full_steps)
     warmup = args.warmup if args.warmup is not None else (0 if args.quick else 3)
     meta_steps = args.meta_steps or (1 if args.quick else 3)
-    meta_warmup = 0 if args.quick else 1
+    meta_warmup = args.meta_warmup if args.meta_warmup is not None else (0 if args.quick else 1)
 
     workloads = [("nyuv2", batch, f"NYUv2 SegNet width {width:g}, {args.image_size[0]}×{args.image_size[1]}, "
                   f"batch {batch}") for batch in args.batch_sizes]
-    workloads.append(("cifar", args.cifar_batch, f"CIFAR WRN-28-2 width {width:g}, {args.cifar_batch}+"
-                      f"{args.cifar_batch} images × 3 views"))
+    if args.cifar_batch > 0:
+        workloads.append(("cifar", args.cifar_batch, f"CIFAR WRN-28-2 width {width:g}, {args.cifar_batch}+"
+                          f"{args.cifar_batch} images × 3 views"))
     # one equal-weighting step per workload at the full run's width, to print the full run's expected duration
     # (the full run: this command without --quick, i.e. default repetitions, all methods)
     full_minutes = this_minutes = 0.0
@@ -288,11 +371,12 @@ def main(argv=None) -> pd.DataFrame:
     rows = []
     for kind, batch, label in tqdm(workloads, desc="workloads", unit="workload"):
         work = Workload(kind, device, width, batch, tuple(args.image_size) if kind == "nyuv2" else None, args.amp)
-        rows += measure_workload(work, label, steps, warmup, meta_steps, args.methods, meta_warmup)
+        rows += measure_workload(work, label, steps, warmup, meta_steps, args.methods, meta_warmup,
+                                 reuse_every=args.reuse_every)
     if not args.skip_solver:
         rows += measure_solver(repeats=20 if args.quick else 200, cvxpy_repeats=2 if args.quick else 5)
     frame = pd.DataFrame(rows)
-    name = device.type + ("_amp" if args.amp else "") + ("_quick" if args.quick else "")
+    name = args.name or device.type + ("_amp" if args.amp else "") + ("_quick" if args.quick else "")
     os.makedirs(args.out, exist_ok=True)
     frame.assign(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                  torch=torch.__version__, date=datetime.date.today().isoformat(), amp=args.amp,

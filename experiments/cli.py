@@ -32,7 +32,7 @@ from .sinks import SINK_HELP, SINKS, MissingDependencyError, check_available
 # flags that set the same-named setting of the method that runs, where it declares one (kept from before the
 # per-method flags; their destinations are part of existing runs' identities, so they keep their names)
 SHARED_SETTING_FLAGS = ("meta_lr", "neumann_terms", "neumann_scale", "hypergrad_clip", "max_norm",
-                        "update_weights_every", "solver")
+                        "update_weights_every", "solver", "fast")
 # destinations that scripts fill for declared settings without a flag of their own: --p (AuxiNash's p and
 # learn_p, see make_config) and train_multimnist.py's --weights (linear scalarisation's weights)
 SCRIPT_SETTINGS = ("p", "learn_p", "weights")
@@ -224,6 +224,8 @@ def make_config(args: argparse.Namespace, task_names: List[str], lr_step: Option
         flags["p"] = expand_p(args.p, len(task_names), task_names.index(main_task) if main_task in task_names else 0)
         flags["learn_p"] = False
     kwargs = method_kwargs_from_flags(args.method, flags)
+    if flags.get("fast") and "fast" not in kwargs:
+        raise ValueError(f"--fast is a mode of Nash-MTL and AuxiNash, not of {args.method}")
     return TrainConfig(method=args.method, main_task=main_task, seed=args.seed, lr=args.lr, lr_step=lr_step,
                        meta_every=args.meta_every, amp=args.amp, representation=args.representation, out=args.out,
                        meta_batches=args.meta_batches,

@@ -302,8 +302,8 @@ def _train_round(t: Training, round_index: int):
             losses, representation = benchmark.losses(t.model, batch)
         losses = losses.float()
         try:
-            info = t.method.backward(losses, t.shared, t.specific,
-                                     representation=representation if config.representation else None)
+            info = t.method.backward(losses, t.shared, t.specific, representation=representation
+                                     if config.representation or getattr(t.method, "fast", False) else None)
         except FloatingPointError as error:  # a NaN or infinite loss: stop before the model takes it
             raise FloatingPointError(_stop_message(t, f"{benchmark.round_unit} {round_index}, step {t.step + 1}",
                                                    str(error))) from None

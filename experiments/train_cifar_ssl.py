@@ -28,8 +28,9 @@ from methods import METHODS, canonical_name
 
 
 def build(args) -> CifarSSLBenchmark:
-    if args.representation and args.cifar_pipeline == "arml":
-        raise SystemExit("error: --representation needs one shared representation of all tasks, but the ARML "
+    if (args.representation or getattr(args, "fast", None)) and args.cifar_pipeline == "arml":
+        flag = "--representation" if args.representation else "--fast"
+        raise SystemExit(f"error: {flag} needs one shared representation of all tasks, but the ARML "
                          "pipeline runs a separate trunk pass per task; use --cifar-pipeline legacy with it")
     data = CifarSSL(args.data_root, n_labeled=args.n_labeled, val_size=args.val_size,
                     meta_val_size=args.meta_val_size, tasks=args.tasks, seed=args.seed, device=args.device,

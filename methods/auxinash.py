@@ -17,6 +17,33 @@ batch, over the shared parameters. The hypergradient is clipped to norm 1, p tak
 momentum 0.9), is clamped at ≥ 1e-4 and rescaled to sum to K: the official code's defaults.
 
 ``p`` given and ``learn_p=False`` is the paper's fixed-p ablation (Table 8); p = 1 is Nash-MTL.
+
+Fast mode (``fast=True``, the trainers' ``--fast``; not in the paper, issue 24): the K per-task gradients are
+taken with respect to the shared representation z (the encoder's output, which the training loop then hands to
+``backward``) instead of the shared parameters θ, α solves the bargaining condition on the representation Gram
+matrix M_z = G_z G_zᵀ, and one backward pass of Σ_k α_k L_k (through the encoder) gives every parameter its
+update. The K backward passes then stop at z (they run through the task heads only), so a step costs about one
+forward and one backward pass: linear scalarisation's cost. What it approximates:
+
+* the Gram matrix: with J = ∂z/∂θ, the parameter gradients are g_θ,k = Jᵀ g_z,k and the exact method's Gram
+  matrix is (M_θ)_jk = g_z,jᵀ J Jᵀ g_z,k; the fast mode replaces J Jᵀ by the identity. The two agree up to a
+  factor when J Jᵀ is a multiple of the identity: one sample x through one linear shared layer without bias
+  gives M_θ = ‖x‖² M_z, so α_exact = α_fast / ‖x‖ (tests/test_fast_mode.py); in general the ratios of the α_k,
+  hence the direction of the update, differ too;
+* the scale of α: α scales as 1/‖G‖ (see ``nash_solver``), so the fast α is on the scale of the representation
+  gradients, not the parameter gradients (on Multi-MNIST ~150× larger, results/reference/fast_mode). The
+  exact update Σ_k α_k g_θ,k has norm √(Σ p) ≥ 1 and is always clipped to ``max_norm``; the fast one has no
+  fixed norm and is clipped only when larger. The task-specific parameters get Σ_k α_k ∇L_k on the fast
+  scale (Adam is nearly invariant to a constant scale);
+* the bargaining-power meta-update is unchanged (implicit differentiation over all shared parameters) but uses
+  the fast α and M_z: dα/dp = (M_z + diag(p/α²))⁻¹ diag(1/α) scales with α, so the hypergradient's clipping at
+  norm 1 may bind at other steps than in the exact method.
+
+The official Nash-MTL code (AvivNavon/nash-mtl, ``methods/weight_methods.py``) has no representation variant of
+Nash-MTL: its ``NashMTL.backward`` accepts ``representation`` and ignores it (only MGDA's ``params="rep"``,
+MGDA-UB, uses it); its cheaper option is ``update_weights_every`` (α reused between solves), which is the
+separate switch here (``update_weights_every``; on the other steps one backward of Σ_k α_k L_k with the last
+solve's α). Both switches default to the exact method.
 """
 from __future__ import annotations
 
@@ -28,7 +55,8 @@ import torch
 
 from .base import GradientMethod, LossFunction
 from .gradients import TaskGradients
-from .implicit import HVP_MODES, implicit_hypergradient
+from . import implicit
+from .implicit import HVP_MODES, MIXED_MODES, implicit_hypergradient, weighted_sum_hypergradient
 from .nash_solver import CvxpyNashSolver, nash_alpha_derivative, solve_nash
 from .settings import setting
 
@@ -58,6 +86,12 @@ class AuxiNashSettings:
                           "ours; 'cvxpy' = the official/Nash-MTL program", choices=SOLVERS)
     hvp: Optional[str] = setting(None, "Hessian-vector products of the meta-update (None: implicit.DEFAULT_HVP_MODE)",
                                  "ours (both exact)", choices=HVP_MODES)
+    fast: bool = setting(False, "fast mode: per-task gradients w.r.t. the shared representation, then one backward "
+                         "of the weighted loss (an approximation: see the module docstring)",
+                         "ours (issue 24); Nash-MTL's cheaper option is update_weights_every")
+    mixed_term: str = setting("gradients", "how the meta-update's mixed term is computed (same value): K plain "
+                              "gradients, or the official double backward", "ours; 'double_backward' = official code",
+                              choices=MIXED_MODES)
 
 
 class AuxiNash(GradientMethod):
@@ -86,6 +120,8 @@ class AuxiNash(GradientMethod):
         min_p: float = AuxiNashSettings.min_p,
         solver: str = AuxiNashSettings.solver,
         hvp: Optional[str] = AuxiNashSettings.hvp,
+        fast: bool = AuxiNashSettings.fast,
+        mixed_term: str = AuxiNashSettings.mixed_term,
     ) -> None:
         super().__init__(n_tasks, main_task, device)
         if solver not in SOLVERS:
@@ -102,6 +138,8 @@ class AuxiNash(GradientMethod):
         self.hypergrad_clip = hypergrad_clip
         self.min_p = min_p
         self.solver = solver
+        self.mixed_term = mixed_term  # "gradients" or "double_backward" (same value; ``implicit``)
+        self.fast = fast  # per-task gradients w.r.t. the shared representation (module docstring)
         self.hvp = hvp  # Hessian-vector products: "reverse", "forward" or None (``implicit.DEFAULT_HVP_MODE``)
         self._cvxpy: Optional[CvxpyNashSolver] = None
         initial = torch.ones(n_tasks, dtype=torch.float64) if p is None else torch.as_tensor(p, dtype=torch.float64)
@@ -146,6 +184,9 @@ class AuxiNash(GradientMethod):
         return weights, weights, {"weights": weights}
 
     def backward(self, losses, shared_parameters, task_specific_parameters=(), representation=None):
+        if self.fast and representation is None and self.reused_weights() is None:
+            raise ValueError(f"{type(self).__name__}(fast=True) takes the per-task gradients with respect to the "
+                             "shared representation: pass backward(..., representation=<the encoder's output>)")
         info = super().backward(losses, shared_parameters, task_specific_parameters, representation)
         if self.reports_p:
             info["p"] = self.p.to(losses.device, torch.float32)
@@ -161,9 +202,13 @@ class AuxiNash(GradientMethod):
         """dL_V/dp (times 1/neumann_scale, see ``implicit``), float64 on the CPU, before clipping."""
         shared = list(shared_parameters)
         val_loss = compute_losses(val_batch)[self.main_task]
-        alpha = self.alpha.to(val_loss.device, val_loss.dtype).clone().requires_grad_(True)
-        (d_alpha,) = implicit_hypergradient(val_loss, lambda: (alpha * compute_losses(train_batch)).sum(), shared,
-                                            [alpha], self.neumann_terms, self.neumann_scale, hvp=self.hvp)
+        if (self.hvp or implicit.DEFAULT_HVP_MODE) == "reverse":  # mixed term from K plain gradients (exact)
+            d_alpha = weighted_sum_hypergradient(val_loss, lambda: compute_losses(train_batch), self.alpha, shared,
+                                                 self.neumann_terms, self.neumann_scale, mixed=self.mixed_term)
+        else:
+            alpha = self.alpha.to(val_loss.device, val_loss.dtype).clone().requires_grad_(True)
+            (d_alpha,) = implicit_hypergradient(val_loss, lambda: (alpha * compute_losses(train_batch)).sum(),
+                                                shared, [alpha], self.neumann_terms, self.neumann_scale, hvp=self.hvp)
         dalpha_dp = nash_alpha_derivative(self.gram.numpy(), self.p.numpy(), self.alpha.numpy())
         return d_alpha.detach().cpu().double() @ torch.from_numpy(dalpha_dp)
 

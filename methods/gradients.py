@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+from torch.autograd.graph import GradientEdge
 
 log = logging.getLogger(__name__)
 
@@ -118,21 +119,73 @@ def per_task_gradients(
                             len(losses), reason[:200])
     used = [True] * len(inputs)
     if rows_shared is None:
-        rows_shared, rows_specific = [], []
-        reached = [False] * len(inputs)
-        for k in range(len(losses)):
-            grads = torch.autograd.grad(losses[k], inputs, retain_graph=True, allow_unused=True)
-            reached = [r or g is not None for r, g in zip(reached, grads)]
-            rows_shared.append(flatten(grads[:n_shared], inputs[:n_shared]))
-            rows_specific.append(flatten(grads[n_shared:], inputs[n_shared:]))
-        rows_shared, rows_specific = torch.stack(rows_shared), (torch.stack(rows_specific) if task_specific else None)
-        used = reached
+        rows_shared, rows_specific, used = _looped_rows(losses, inputs, n_shared)
     else:
         used = _batched_used
     device = losses.device
     specific = rows_specific if task_specific else torch.zeros(len(losses), 0, device=device)
     return TaskGradients(shared=rows_shared, task_specific=specific, shared_used=list(used[:n_shared]),
                          specific_used=list(used[n_shared:]))
+
+
+def task_outputs(losses: torch.Tensor) -> List[Optional[Tuple[Union[torch.Tensor, GradientEdge], torch.Tensor]]]:
+    """For each k, what to differentiate for ∇L_k: (output, grad_output), or None where L_k is a constant.
+
+    ``losses[k]`` would be the obvious output, but when ``losses`` was built by ``torch.stack`` its backward
+    hands a zero gradient to every other task's loss, and autograd then runs the other K − 1 heads' backward
+    passes on zeros (in every one of the K passes). So where ``losses`` is a stack of the K scalar losses, the
+    output is the edge into the k-th loss's own graph (a ``GradientEdge``): pass k visits the shared trunk and
+    head k only, and the other heads get no gradient (None). Same values; any other ``losses`` falls back to
+    ``losses[k]``."""
+    node = losses.grad_fn
+    one = torch.ones((), dtype=losses.dtype, device=losses.device)
+    if node is not None and node.name() == "StackBackward0" and getattr(node, "_saved_dim", None) == 0 \
+            and len(node.next_functions) == len(losses):
+        return [None if edge is None else (GradientEdge(edge, index), one) for edge, index in node.next_functions]
+    return [(losses[k], one) for k in range(len(losses))]
+
+
+def _looped_rows(losses: torch.Tensor, inputs: Sequence[torch.Tensor], n_shared: int):
+    """K × P and K × Q gradient matrices from K backward passes (``task_outputs``: pass k does no work for the
+    other tasks' heads), each gradient copied once into its slot of a preallocated buffer (rather than
+    flattened by ``torch.cat`` and copied again by ``torch.stack``); slots without a gradient stay zero. Also
+    returns which inputs any task's gradient reached (the others keep ``.grad`` None, as ``torch.optim`` would)."""
+    k_tasks = len(losses)
+    outputs = task_outputs(losses)
+
+    reached = [False] * len(inputs)
+
+    def grads(k):
+        if outputs[k] is None:  # a constant loss: no gradient anywhere
+            return [None] * len(inputs)
+        output, grad_output = outputs[k]
+        found = torch.autograd.grad([output], inputs, grad_outputs=[grad_output], retain_graph=True,
+                                    allow_unused=True)
+        reached[:] = [r or g is not None for r, g in zip(reached, found)]
+        return found
+
+    dtype = inputs[0].dtype if inputs else losses.dtype
+    if any(x.dtype != dtype for x in inputs):  # mixed precisions: flatten promotes them as torch.cat does
+        rows = [grads(k) for k in range(k_tasks)]
+        shared = torch.stack([flatten(g[:n_shared], inputs[:n_shared]) for g in rows])
+        specific = torch.stack([flatten(g[n_shared:], inputs[n_shared:]) for g in rows]) if len(inputs) > n_shared \
+            else None
+        return shared, specific, reached
+    sizes = [x.numel() for x in inputs]
+    n_p = sum(sizes[:n_shared])
+    shared = torch.empty(k_tasks, n_p, dtype=dtype, device=losses.device)
+    specific = torch.zeros(k_tasks, sum(sizes) - n_p, dtype=dtype, device=losses.device) \
+        if len(inputs) > n_shared else None
+    for k in range(k_tasks):
+        offset = 0
+        for i, (grad, size) in enumerate(zip(grads(k), sizes)):
+            row, start = (shared[k], offset) if i < n_shared else (specific[k], offset - n_p)
+            if grad is not None:
+                row[start:start + size].copy_(grad.reshape(-1))
+            elif i < n_shared:  # the task-specific buffer starts zeroed; the shared one is filled slot by slot
+                row[start:start + size].zero_()
+            offset += size
+    return shared, specific, reached
 
 
 def _batched_rows(losses: torch.Tensor, inputs: Sequence[torch.Tensor], n_shared: int):

@@ -211,3 +211,76 @@ def _forward_hypergradient(val_gradient, train_loss, parameters, hyper_parameter
         inverse_hvp = _neumann(val_gradient, lambda current: product(current, parameters), terms, scale)
         mixed = product(inverse_hvp, hyper_parameters)
     return [-m for m in mixed]
+
+
+MIXED_MODES = ("gradients", "double_backward")
+
+
+def weighted_sum_hypergradient(
+    val_loss: torch.Tensor,
+    train_losses: Union[torch.Tensor, Callable[[], torch.Tensor]],
+    weights: torch.Tensor,
+    parameters: Sequence[torch.Tensor],
+    terms: int = 3,
+    scale: float = 1e-4,
+    mixed: str = "gradients",
+) -> torch.Tensor:
+    """``implicit_hypergradient`` (reverse mode) for L_T = Σ_k w_k L_k(θ) with respect to the weights w.
+
+    ``train_losses``: the K training losses (1-D, with their graph), or a function without arguments that computes
+    them (evaluated after ∇_θ L_V is taken, so that the two graphs are not held at once, as in
+    ``implicit_hypergradient``); ``weights``: the K weights (constants).
+    The mixed term is ∂²L_T/∂θ∂w_k = ∇_θ L_k, so its product with the Neumann vector u is u ᵀ∇_θ L_k:
+    ``mixed="gradients"`` (default) takes the K per-task gradients of the training losses, plain backward
+    passes through the graph the Hessian products already use, and their dot products with u; it computes
+    the same quantity as ``"double_backward"`` (one more reverse-over-reverse pass through ∇_θ L_T, what
+    ``implicit_hypergradient`` and the official code do), and is cheaper (SegNet width 0.125, batch 2, 2-core
+    CPU: 2.1 s against 3.0 s of a 17 s meta-update). Returns the K hypergradients (times 1/scale)."""
+    if mixed not in MIXED_MODES:
+        raise ValueError(f"unknown mixed-term mode {mixed!r}; choose one of {MIXED_MODES}")
+    if not bool(torch.isfinite(average([val_loss.detach()])[0]).all()):
+        raise FloatingPointError(f"the meta-validation loss is NaN or infinite ({val_loss.item()}); check the "
+                                 f"meta-validation batch and the model's outputs")
+    # frozen parameters (requires_grad False) are no part of θ, as for the optimiser (implicit_hypergradient)
+    parameters = [p for p in parameters if p.requires_grad]
+    val_gradient = torch.autograd.grad(val_loss, parameters, allow_unused=True)
+    val_gradient = average([g if g is not None else torch.zeros_like(p) for g, p in zip(val_gradient, parameters)])
+    if not isinstance(train_losses, torch.Tensor):
+        train_losses = train_losses()
+    alpha = weights.detach().to(train_losses.device, train_losses.dtype)
+    if terms == 0 and mixed == "gradients":  # u = ∇_θ L_V: no Hessian product, so no gradient graph to build
+        return -_average_cpu(_dot_task_gradients(train_losses, parameters, val_gradient), train_losses.device)
+    if mixed == "double_backward":
+        alpha = alpha.clone().requires_grad_(True)
+    train_gradient = torch.autograd.grad((alpha * train_losses).sum(), parameters, create_graph=True,
+                                         allow_unused=True)
+    used = [i for i, g in enumerate(train_gradient) if g is not None]
+    train_gradient = [train_gradient[i] for i in used]
+    used_parameters = [parameters[i] for i in used]
+    inverse_hvp = neumann_series([val_gradient[i] for i in used], train_gradient, used_parameters, terms, scale)
+    if mixed == "double_backward":
+        (product,) = torch.autograd.grad(train_gradient, [alpha], grad_outputs=inverse_hvp)
+        return -average([product.detach()])[0]
+    del train_gradient  # frees the double-backward graph before the K passes
+    return -_average_cpu(_dot_task_gradients(train_losses, used_parameters, inverse_hvp), train_losses.device)
+
+
+def _average_cpu(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The mean over the ranks of a CPU tensor, reduced on ``device`` (the backend's), returned on the CPU."""
+    return average([values.to(device)])[0].cpu()
+
+
+def _dot_task_gradients(losses: torch.Tensor, parameters: Sequence[torch.Tensor],
+                        vector: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(vᵀ∇_θ L_k)_k in float64 on the CPU, from K backward passes (each through its own loss's graph only)."""
+    from .gradients import task_outputs  # the gradients module imports nothing from here; keep it that way
+
+    products = torch.zeros(len(losses), dtype=torch.float64)
+    for k, target in enumerate(task_outputs(losses)):
+        if target is None:
+            continue
+        output, grad_output = target
+        grads = torch.autograd.grad([output], parameters, grad_outputs=[grad_output], retain_graph=True,
+                                    allow_unused=True)
+        products[k] = sum(float((g.double() * u.double()).sum()) for g, u in zip(grads, vector) if g is not None)
+    return products

@@ -2,7 +2,9 @@
 
 The symmetric Nash bargaining solution, Δθ = Σ_k α_k g_k with α_k (GᵀGα)_k = 1 (their Eq. 2): AuxiNash with
 every bargaining power fixed at 1. ``update_weights_every`` reuses α between solves (one backward of the
-weighted loss on the other steps) and ``max_norm`` clips the shared gradient, as in their code.
+weighted loss on the other steps) and ``max_norm`` clips the shared gradient, as in their code. ``fast``:
+per-task gradients with respect to the shared representation (see ``auxinash``'s module docstring: not in the
+official Nash-MTL code, whose ``NashMTL`` ignores the representation it is passed).
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ class NashMTLSettings:
     update_weights_every: int = setting(1, "steps between Nash solves; α is reused in between", NASH_MTL)
     solver: str = setting("newton", "Nash solver: our exact Newton solve or the reference CVXPY program",
                           "ours; 'cvxpy' = " + NASH_MTL, choices=SOLVERS)
+    fast: bool = setting(False, "fast mode: per-task gradients w.r.t. the shared representation, then one backward "
+                         "of the weighted loss (an approximation: see methods/auxinash.py)",
+                         "ours (issue 24); the Nash-MTL code's representation argument is unused")
 
 
 class NashMTL(AuxiNash):
@@ -43,6 +48,7 @@ class NashMTL(AuxiNash):
         max_norm: float = NashMTLSettings.max_norm,
         update_weights_every: int = NashMTLSettings.update_weights_every,
         solver: str = NashMTLSettings.solver,
+        fast: bool = NashMTLSettings.fast,
     ) -> None:
         super().__init__(n_tasks, main_task, device, p=None, learn_p=False, max_norm=max_norm,
-                         update_weights_every=update_weights_every, solver=solver)
+                         update_weights_every=update_weights_every, solver=solver, fast=fast)

@@ -20,6 +20,14 @@ def test_quick_benchmark_covers_every_method_and_writes_its_table(tmp_path, caps
             "meta-update: auxinash", "meta-update: auxilearn", "amortised step (meta every 25): auxinash",
             "K=2", "K=10"} <= items
     assert any(item.startswith("meta-update: auxinash (hvp=") for item in items)
+    assert {"step: auxinash --fast", "step: nashmtl --fast", "step: auxinash --fast --update-weights-every 10",
+            "amortised step (meta every 25): auxinash --fast", "meta-update: auxinash (mixed=double_backward)",
+            "step reusing α (nashmtl, between solves)", "meta-update: auxinash (neumann_terms=0)",
+            "amortised step (meta every 25): auxinash --fast --neumann-terms 0"} <= items
+    steps = written[written["item"].str.startswith(("step", "amortised", "floor"))]
+    assert (steps["ratio_to_ls"] > 0).all()
+    equal = written[written["item"] == "floor: forward + 1 backward + Adam (equal)"]
+    assert (equal["ratio_to_ls"] == 1).all()
     solver = written[written.workload == "Nash solver"]
     assert (solver["residual"] <= 1e-8).all() and (solver["speedup"] > 0).all()
     floor = written[written["item"] == "floor: forward + K gradients + Adam"]
