@@ -298,8 +298,9 @@ def markdown(frame: pd.DataFrame) -> str:
 
 def expected_minutes(equal_ms: float, steps: int, warmup: int, meta_steps: int, meta_warmup: int,
                      methods: List[str]) -> float:
-    """Rough duration of one workload from one equal-weighting step: on the CPU run of 2026-11-22 a method
-    step averaged ≈ 1.8 equal steps (3 for the K-gradient floors; a fast step ≈ 1.2) and a meta-update ≈ 11."""
+    """Rough duration of one workload from one equal-weighting step, with the step costs (in equal steps) of a
+    CPU run: a method step ≈ 1.8, a K-gradient floor 3, a fast step ≈ 1.2, a meta-update ≈ 11
+    (``results/speed/README.md``)."""
     n_fast = sum(name in FAST_METHODS for name in methods)
     step_calls = (max(warmup, 1) + steps) * (1 + 2 * 3 + 1.8 * len(methods) + 1.2 * n_fast + 1)
     meta_calls = (meta_warmup + meta_steps) * 11 * (3.3 * ("auxinash" in methods) + ("auxilearn" in methods))

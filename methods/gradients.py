@@ -77,9 +77,8 @@ def flatten(tensors: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]
 
 GRADIENT_MODES = ("loop", "batched")
 DEFAULT_GRADIENT_MODE = "loop"
-"""K backward passes by default: on the project's 2-core CPU the batched backward was no faster (0.99–1.37× the
-K passes' step time over SegNet batch 2 and 8 and WRN-28-2 with the CIFAR batch, timed alternately;
-``results/speed/cpu.csv``, ``cpu_modes.csv``, ``cpu_quick.csv``). ``batched`` gives the same gradients (tests/test_speed_paths.py); choose it
+"""K backward passes by default: on the CPU the batched backward was no faster (measurements:
+``results/speed/README.md``). ``batched`` gives the same gradients (tests/test_speed_paths.py); choose it
 per call (``mode=``) or for every method by setting this attribute, e.g. on a GPU after timing it there."""
 
 _logged_fallbacks: set = set()

@@ -41,12 +41,9 @@ from .distributed import average
 
 HVP_MODES = ("reverse", "forward")
 DEFAULT_HVP_MODE = "reverse"
-"""The mode used when ``hvp`` is None. Reverse: on the project's 2-core CPU the AuxiNash meta-update took
-1.03–1.50× as long with ``"forward"`` (SegNet batch 2 and 8, WRN-28-2 with the CIFAR batch, timed alternately;
-``results/speed/cpu.csv``, ``cpu_modes.csv``, ``cpu_quick.csv``); one product alone on SegNet width 0.25,
-batch 2: 7.4 s forward against 5.3 s double backward.
-On an H100 the public code's numbers point the other way (../shared/PERF_NOTES.md: 97 ms against 356 ms per
-product); that is not measured here, so time ``benchmark_speed.py`` on the GPU before switching."""
+"""The mode used when ``hvp`` is None. Reverse: forward-over-reverse gives the same products but was slower on
+the CPU, while the public code's GPU numbers point the other way (measurements: ``results/speed/README.md``);
+time ``benchmark_speed.py`` on the GPU before switching."""
 
 TrainLoss = Union[torch.Tensor, Callable[[], torch.Tensor]]
 
@@ -234,8 +231,8 @@ def weighted_sum_hypergradient(
     ``mixed="gradients"`` (default) takes the K per-task gradients of the training losses, plain backward
     passes through the graph the Hessian products already use, and their dot products with u; it computes
     the same quantity as ``"double_backward"`` (one more reverse-over-reverse pass through ∇_θ L_T, what
-    ``implicit_hypergradient`` and the official code do), and is cheaper (SegNet width 0.125, batch 2, 2-core
-    CPU: 2.1 s against 3.0 s of a 17 s meta-update). Returns the K hypergradients (times 1/scale)."""
+    ``implicit_hypergradient`` and the official code do), and is cheaper (timings: ``results/speed/README.md``).
+    Returns the K hypergradients (times 1/scale)."""
     if mixed not in MIXED_MODES:
         raise ValueError(f"unknown mixed-term mode {mixed!r}; choose one of {MIXED_MODES}")
     if not bool(torch.isfinite(average([val_loss.detach()])[0]).all()):
