@@ -1,13 +1,14 @@
 """The interface every benchmark implements for the shared loop (``experiments.loop.train``)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Callable, Dict, Iterator, Tuple
 
 import torch
 
 from data.common import is_synthetic  # noqa: F401  (re-exported: the benchmarks' configs record it)
 
 from ..models import MultiTaskModel
+from ..results_io import metric_column
 from ..tasks import Task
 
 Batch = Dict[str, torch.Tensor]
@@ -90,6 +91,25 @@ class Benchmark:
     def evaluate(self, model: MultiTaskModel) -> Dict[str, Dict[str, float]]:
         """split → metric column → value."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate_heads(self, model: MultiTaskModel, data: Any, input_key: str,
+                       accumulator: Callable[[Task], Any] = lambda task: task.accumulator(),
+                       splits: Tuple[str, ...] = ("val", "test")) -> Dict[str, Dict[str, float]]:
+        """``evaluate`` for a model with one head per task over one input: per split of ``data.eval_batches``,
+        every task's accumulator over the whole split, as ``metric_column(task, metric)`` columns."""
+        model.eval()
+        results = {}
+        for split in splits:
+            accumulators = {t.name: accumulator(t) for t in self.tasks}
+            for batch in data.eval_batches(split):
+                outputs = model(batch[input_key])
+                for t in self.tasks:
+                    accumulators[t.name].update(outputs[t.name].float(), batch[t.key])
+            results[split] = {metric_column(name, k): v for name, acc in accumulators.items()
+                              for k, v in acc.result().items()}
+        model.train()
+        return results
 
     def state_dict(self) -> Dict[str, Any]:
         return {}

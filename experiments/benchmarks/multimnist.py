@@ -11,7 +11,6 @@ from data.multimnist import MultiMnist
 from ..models import MultiLeNet, MultiTaskModel
 from ..tasks import Task
 from .base import Batch, Benchmark
-from ..results_io import metric_column
 
 MULTIMNIST_TASKS = (Task("left", "left", "classification", 10), Task("right", "right", "classification", 10))
 
@@ -55,20 +54,8 @@ class MultiMnistBenchmark(Benchmark):
         losses = [t.loss(model.heads[t.name](features), batch[t.key]) for t in self.tasks]
         return torch.stack(losses), features
 
-    @torch.no_grad()
     def evaluate(self, model):
-        model.eval()
-        results = {}
-        for split in ("val", "test"):
-            accuracies = {t.name: t.accumulator() for t in self.tasks}
-            for batch in self.data.eval_batches(split):
-                outputs = model(batch["image"])
-                for t in self.tasks:
-                    accuracies[t.name].update(outputs[t.name].float(), batch[t.key])
-            results[split] = {metric_column(name, k): v for name, acc in accuracies.items()
-                               for k, v in acc.result().items()}
-        model.train()
-        return results
+        return self.evaluate_heads(model, self.data, "image")
 
     def state_dict(self):
         return self.data.state_dict()
