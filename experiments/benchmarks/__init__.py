@@ -6,8 +6,10 @@ from .base import Batch, Benchmark, is_synthetic
 from .cifar_ssl import CIFAR_TASKS, VIEW_OF_TASK, CifarSSLBenchmark
 from .dense import CITYSCAPES_TASKS, NYUV2_TASKS, DenseBenchmark, cityscapes_benchmark, nyuv2_benchmark
 from .multimnist import MULTIMNIST_TASKS, MultiMnistBenchmark
+from .multimnist_aux import MultiMnistAuxBenchmark
 from .toy import ToyBenchmark
 
 __all__ = ["Batch", "Benchmark", "is_synthetic", "CIFAR_TASKS", "VIEW_OF_TASK", "CifarSSLBenchmark",
            "CITYSCAPES_TASKS", "NYUV2_TASKS", "DenseBenchmark", "cityscapes_benchmark", "nyuv2_benchmark",
-           "ToyBenchmark", "MULTIMNIST_TASKS", "MultiMnistBenchmark"]
+           "ToyBenchmark", "MULTIMNIST_TASKS", "MultiMnistBenchmark",
+           "MultiMnistAuxBenchmark"]
