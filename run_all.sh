@@ -13,7 +13,8 @@
 #   ./run_all.sh --tables             # tables and figures from whatever has finished
 #
 # Options:
-#   --benchmarks "nyuv2 cityscapes cifar10_ssl multimnist toy"   which benchmarks (default: all five)
+#   --benchmarks "nyuv2 cityscapes cifar10_ssl multimnist toy"   which benchmarks (default: all five;
+#                                     multimnist_aux, issue 23's auxiliary-mode Multi-MNIST, only when named)
 #   --methods "stl equal pcgrad cagrad nashmtl gcs olaux auxilearn auxinash"
 #   --seeds "0 1 2"                   seeds (default: 0 1 2; --quick: 0)
 #   --ablations                       add the ablation runs (fixed p, learning rate of p, held-out aux set)
@@ -69,7 +70,7 @@ while [ $# -gt 0 ]; do
     --status) STATUS=1; shift ;;
     --tables) TABLES=1; shift ;;
     --include-unfinished) INCLUDE_UNFINISHED="--include-unfinished"; shift ;;
-    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -165,6 +166,30 @@ for benchmark in $BENCHMARKS; do
           equal) for w in $PREFERENCES; do
                    add "$script --method ls --weights $w --seed $first_seed"; done ;;
         esac
+      done ;;
+    multimnist_aux)  # issue 23: main task left; STL, Equal with each auxiliary alone, every method with all of them
+      mnist_root=$MNIST_ROOT
+      found=""
+      for folder in "$mnist_root" "$mnist_root/raw" "$mnist_root/MNIST/raw"; do
+        if compgen -G "$folder/t10k-images-idx3-ubyte*" >/dev/null; then found=1; fi
+      done
+      if [ -z "$found" ] && [ "$LIST_ONLY" = 0 ]; then
+        echo "SKIPPED multimnist_aux: no MNIST IDX files under $mnist_root (--mnist-root or MNIST_ROOT)" >&2
+        SKIPPED=$((SKIPPED + 1)); continue
+      fi
+      script="experiments/train_multimnist_aux.py --data-root $mnist_root --preset $([ "$QUICK" = 1 ] && echo tiny || echo few) $MULTIMNIST_SETTINGS"
+      all_aux="--auxiliaries right noise rotation --noise-tasks 3"
+      for seed in $SEEDS; do
+        for single in "right" "noise" "noise --noise-tasks 3" "rotation"; do
+          [[ " $METHODS " == *" equal "* ]] && add "$script --method equal --auxiliaries $single --seed $seed"
+        done
+        for method in $METHODS; do
+          case "$method" in
+            stl) add "$script --method stl --auxiliaries none --seed $seed" ;;
+            olaux) add "$script --method olaux $all_aux --olaux-lr 0.05 --seed $seed" ;;  # ARML's beta, not --lr
+            *) add "$script --method $method $all_aux --seed $seed" ;;
+          esac
+        done
       done ;;
     toy)  # one invocation for every seed (its table is mean ± std over them); 5 seeds unless --seeds or --quick
       toy_seeds=$SEEDS

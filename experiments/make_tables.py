@@ -280,6 +280,8 @@ def make_tables(results: str = "results", include_unfinished: bool = False) -> L
         written.append(path)
     from experiments.figures_multimnist import write_table  # Multi-MNIST: the points of Figure 2
     written += write_table(results)
+    from experiments.figures_multimnist_aux import write_table as write_aux_table  # issue 23: auxiliary mode
+    written += write_aux_table(results)
     return written
 
 
