@@ -41,6 +41,7 @@ METHOD_ORDER = ("stl", "equal", "pcgrad", "cagrad", "nashmtl", "gcs", "olaux", "
 LABELS = {"stl": "STL", "equal": "Equal", "pcgrad": "PCGrad", "cagrad": "CAGrad", "nashmtl": "Nash-MTL", "gcs": "GCS",
           "olaux": "OL-AUX", "auxilearn": "AuxiLearn", "auxinash": "AuxiNash"}
 WEIGHT_METHODS = ("gcs", "olaux", "auxilearn")  # drawn beside AuxiNash's p
+MIN_GAP = 1.0  # points: two auxiliaries' measured effects closer than this count as tied (seed noise is ~1 point)
 
 
 def best_val(rows: pd.DataFrame) -> dict:
@@ -100,7 +101,8 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
                      "std": group.test.std(ddof=1) if len(group) > 1 else np.nan,
                      "vs_stl": np.mean(paired) if paired and method != "stl" else np.nan,
                      "vs_stl_std": np.std(paired, ddof=1) if len(paired) > 1 and method != "stl" else np.nan,
-                     "vs_stl_seeds": len(paired) if method != "stl" else 0})
+                     "vs_stl_seeds": len(paired) if method != "stl" else 0,
+                     "above_stl": int(sum(d > 0 for d in paired)) if method != "stl" else 0})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
@@ -124,16 +126,17 @@ def effect_of_task(task: str, effects: Dict[str, float]) -> float:
     return np.nan
 
 
-def ordering(runs: pd.DataFrame, effects: Dict[str, float]) -> pd.DataFrame:
-    """Per AuxiNash run: its final p per auxiliary, and how many pairs of auxiliaries with different measured
-    effects p orders as the effects (concordant pairs / such pairs; ties in the effect, e.g. noise heads, skipped)."""
+def ordering(runs: pd.DataFrame, effects: Dict[str, float], min_gap: float = MIN_GAP) -> pd.DataFrame:
+    """Per AuxiNash run: its final p per auxiliary, and how many pairs of auxiliaries whose measured effects
+    differ by more than ``min_gap`` points p orders as the effects (concordant pairs / such pairs; closer effects,
+    e.g. the noise heads', count as ties and are skipped)."""
     rows = []
     for run in runs[runs.method == "auxinash"].sort_values(["aux_set", "seed"]).itertuples():
         tasks = run.tasks.split()[1:]
         p = {t: getattr(run, f"final_p_{t}", np.nan) for t in tasks}
         effect = {t: effect_of_task(t, effects) for t in tasks}
         known = [t for t in tasks if not pd.isna(effect[t]) and not pd.isna(p[t])]
-        pairs = [(a, b) for a, b in itertools.combinations(known, 2) if effect[a] != effect[b]]
+        pairs = [(a, b) for a, b in itertools.combinations(known, 2) if abs(effect[a] - effect[b]) > min_gap]
         concordant = sum((p[a] - p[b]) * (effect[a] - effect[b]) > 0 for a, b in pairs)
         ranked = sorted(known, key=lambda t: -p[t])
         rows.append({"aux_set": run.aux_set, "seed": run.seed, "p_main": getattr(run, "final_p_left", np.nan),
@@ -179,10 +182,12 @@ def write_table(results: str, runs: Optional[pd.DataFrame] = None) -> List[str]:
     lines = [caption(runs), "",
              "Main-task test accuracy, mean ± std over seeds; Δ STL = mean over seeds of (run − STL of the same seed) "
              "± its std.", "",
-             "| auxiliary set | method | seeds | test acc. (%) | Δ STL (points) |", "|---|---|---|---|---|"]
+             "| auxiliary set | method | seeds | test acc. (%) | Δ STL (points) | seeds above STL |",
+             "|---|---|---|---|---|---|"]
     for row in table.itertuples():
         lines.append(f"| {row.aux_set} | {LABELS.get(row.method, row.method)} | {row.seeds} ({row.seed_list}) | "
-                     f"{fmt(row.mean)} ± {fmt(row.std)} | {fmt(row.vs_stl, sign=True)} ± {fmt(row.vs_stl_std)} |")
+                     f"{fmt(row.mean)} ± {fmt(row.std)} | {fmt(row.vs_stl, sign=True)} ± {fmt(row.vs_stl_std)} | "
+                     + (f"{row.above_stl} of {row.vs_stl_seeds} |" if row.vs_stl_seeds else "– |"))
     if effects:
         lines += ["", "Measured effect of each auxiliary alone (Equal with it alone − STL, points): "
                   + ", ".join(f"{name} {value:+.2f}" for name, value in sorted(effects.items(), key=lambda kv: -kv[1]))
@@ -190,8 +195,9 @@ def write_table(results: str, runs: Optional[pd.DataFrame] = None) -> List[str]:
     if not order.empty:
         for aux_set, group in order.groupby("aux_set", sort=False):
             tasks = [c[2:] for c in group.columns if c.startswith("p_") and c != "p_main" and group[c].notna().any()]
-            lines += ["", f"AuxiNash's final p (last epoch), auxiliary set {aux_set}; ordering: pairs of auxiliaries "
-                          "with different measured effects that p orders as the effects.", "",
+            lines += ["", f"AuxiNash's final p (last epoch), auxiliary set {aux_set}; ordered pairs: of the pairs of "
+                          f"auxiliaries whose measured effects differ by more than {MIN_GAP:g} point, those that p "
+                          "orders as the effects.", "",
                       "| seed | p left | " + " | ".join(f"p {t} (effect {fmt(effect_of_task(t, effects), sign=True)})"
                                                         for t in tasks) + " | ordered pairs | order by p |",
                       "|---" * (len(tasks) + 4) + "|"]

@@ -237,7 +237,8 @@ def test_table_and_figure_on_a_tiny_results_tree(tmp_path):
     assert order.ranking.tolist()[0] == "rotation > right > noise1 > noise2"
     md, csv = fig.write_table(results)
     text = open(md).read()
-    assert "| noise | Equal | 2 (0 1) | 77.50 ± 0.71 | -3.50 ± 0.71 |" in text
+    assert "| noise | Equal | 2 (0 1) | 77.50 ± 0.71 | -3.50 ± 0.71 | 0 of 2 |" in text
+    assert "| rotation | Equal | 2 (0 1) | 83.00 ± 1.41 | +2.00 ± 0.00 | 2 of 2 |" in text
     assert "rotation +2.00, right -1.00, noise -3.50" in text
     assert "p orders every such pair as the measured effects in 1 of 2 seeds." in text
     assert "GCS (right-noise2-rotation): left 1.000, right 1.000, noise1 0.250" in text
