@@ -118,12 +118,11 @@ def auxiliary_effects(table: pd.DataFrame) -> Dict[str, float]:
 
 
 def effect_of_task(task: str, effects: Dict[str, float]) -> float:
-    """The measured effect that stands for a task: noise<k> heads take that of ``noise`` alone."""
-    if task in effects:
-        return effects[task]
+    """The measured effect that stands for a task: noise<k> heads take that of ``noise`` alone (not that of the
+    set ``noise<k>`` of k noise heads, whose label is the same word)."""
     if task.startswith("noise") and task[5:].isdigit():
         return effects.get("noise", np.nan)
-    return np.nan
+    return effects.get(task, np.nan)
 
 
 def ordering(runs: pd.DataFrame, effects: Dict[str, float], min_gap: float = MIN_GAP) -> pd.DataFrame:
@@ -255,7 +254,7 @@ def draw_figure(results: str, runs: Optional[pd.DataFrame] = None) -> List[str]:
     axes[0][0].legend(fontsize=7, title="task (line style: seed)", title_fontsize=7)
     seeds = sorted(set(chosen[chosen.method == "auxinash"].seed))
     text = caption(chosen) + f" Auxiliary set {aux_set}; seeds {', '.join(map(str, seeds))} (solid, dashed, dotted)."
-    figure.text(0.01, 0.005, "\n".join(textwrap.wrap(text, 190)), fontsize=6.5, va="bottom")
+    figure.text(0.01, 0.005, "\n".join(textwrap.wrap(text, 48 * len(panels))), fontsize=6.5, va="bottom")
     figure.tight_layout(rect=(0, 0.09, 1, 1))
     out = os.path.join(results, "figures")
     os.makedirs(out, exist_ok=True)

@@ -214,6 +214,7 @@ def test_table_and_figure_on_a_tiny_results_tree(tmp_path):
         write_run(results, "equal", "right", seed, ["left", "right"], base - 1.0)
         write_run(results, "equal", "noise", seed, ["left", "noise"], base - 3.0 - seed)
         write_run(results, "equal", "rotation", seed, ["left", "rotation"], base + 2.0)
+        write_run(results, "equal", "noise2", seed, ["left", "noise1", "noise2"], base - 9.0)  # not noise2's effect
         write_run(results, "equal", "right-noise2-rotation", seed, all_tasks, base - 5.0)
         write_run(results, "gcs", "right-noise2-rotation", seed, all_tasks, base, weights={"noise1": 0.25})
     # seed 0 orders every pair as the effects (rotation +2 > right −1 > noise −3.5); seed 1 swaps right and rotation
@@ -222,14 +223,15 @@ def test_table_and_figure_on_a_tiny_results_tree(tmp_path):
     write_run(results, "auxinash", "right-noise2-rotation", 1, all_tasks, 83.0,
               p={"left": 2.0, "right": 1.6, "noise1": 0.3, "noise2": 0.2, "rotation": 0.9})
     runs = fig.collect_runs(results)
-    assert len(runs) == 14  # the best validation epoch is the second: its test accuracy counts
+    assert len(runs) == 16  # the best validation epoch is the second: its test accuracy counts
     assert runs[(runs.method == "stl") & (runs.seed == 0)].test.tolist() == [80.0]
     table = fig.summary(runs)
     row = table[(table.method == "equal") & (table.aux_set == "noise")].iloc[0]
     assert row["mean"] == pytest.approx(77.5) and row.vs_stl == pytest.approx(-3.5) and row.seeds == 2
     assert row.vs_stl_std == pytest.approx(np.std([-3.0, -4.0], ddof=1))
     effects = fig.auxiliary_effects(table)
-    assert effects == pytest.approx({"right": -1.0, "noise": -3.5, "rotation": 2.0})
+    assert effects == pytest.approx({"right": -1.0, "noise": -3.5, "noise2": -9.0, "rotation": 2.0})
+    assert fig.effect_of_task("noise2", effects) == -3.5  # a noise head: the effect of one noise task alone
     order = fig.ordering(runs, effects)
     # pairs with distinct effects: right-noise1, right-noise2, right-rotation, noise1-rotation, noise2-rotation
     assert order.pairs.tolist() == [5, 5] and order.concordant.tolist() == [5, 4]
@@ -239,10 +241,11 @@ def test_table_and_figure_on_a_tiny_results_tree(tmp_path):
     text = open(md).read()
     assert "| noise | Equal | 2 (0 1) | 77.50 ± 0.71 | -3.50 ± 0.71 | 0 of 2 |" in text
     assert "| rotation | Equal | 2 (0 1) | 83.00 ± 1.41 | +2.00 ± 0.00 | 2 of 2 |" in text
-    assert "rotation +2.00, right -1.00, noise -3.50" in text
+    assert "rotation +2.00, right -1.00, noise -3.50, noise2 -9.00" in text
+    assert "p noise2 (effect -3.50)" in text
     assert "p orders every such pair as the measured effects in 1 of 2 seeds." in text
     assert "GCS (right-noise2-rotation): left 1.000, right 1.000, noise1 0.250" in text
-    assert len(pd.read_csv(csv)) == 14
+    assert len(pd.read_csv(csv)) == 16
     [path] = fig.draw_figure(results)
     assert path.endswith("multimnist_aux_weights.png") and os.path.getsize(path) > 10_000
 
