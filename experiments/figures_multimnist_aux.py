@@ -10,7 +10,8 @@ task's (``left``) test accuracy at the epoch of its best validation accuracy. Wr
   with that auxiliary alone − STL; every ``noise<k>`` head takes the effect of ``noise`` alone); AuxiNash's final
   p per task and seed, and whether it orders the auxiliaries as their measured effects do;
 - ``figures/multimnist_aux_weights.png``: AuxiNash's p per task over training (every seed), beside the mean
-  per-epoch weight that GCS, OL-AUX and AuxiLearn give each task (every seed).
+  per-epoch weight that GCS, OL-AUX and AuxiLearn give each task divided by the main task's (every seed;
+  AuxiLearn's weights grow by orders of magnitude over training, so only their ratios compare).
 """
 from __future__ import annotations
 
@@ -208,12 +209,15 @@ def write_table(results: str, runs: Optional[pd.DataFrame] = None) -> List[str]:
             lines += ["", f"p orders every such pair as the measured effects in {matched} of {len(group)} seeds."]
     finals = runs[runs.method.isin(WEIGHT_METHODS)]
     if not finals.empty:
-        lines += ["", "Last epoch's mean weight per task (GCS: share of steps each auxiliary gradient joined; OL-AUX: "
-                      "its weight; AuxiLearn: ∂L_T/∂L_k), mean over seeds.", ""]
+        lines += ["", "Last epoch's mean weight of each auxiliary divided by the main task's (GCS: share of steps "
+                      "its gradient joined; OL-AUX: its weight, the main task's being 1; AuxiLearn: ∂L_T/∂L_k), mean "
+                      "over seeds; after \"main\", the main task's own weight.", ""]
         for (method, aux_set), group in finals.groupby(["method", "aux_set"], sort=False):
             tasks = group.tasks.iloc[0].split()
-            lines.append(f"- {LABELS[method]} ({aux_set}): " + ", ".join(
-                f"{t} {group[f'final_weight_{t}'].mean():.3f}" for t in tasks))
+            relative = {t: (group[f"final_weight_{t}"] / group["final_weight_left"]).mean() for t in tasks[1:]}
+            lines.append(f"- {LABELS[method]} ({aux_set}, {len(group)} seeds; main "
+                         f"{group['final_weight_left'].mean():.3g}): "
+                         + ", ".join(f"{t} {value:.3f}" for t, value in relative.items()))
     md_path = os.path.join(out, "multimnist_aux.md")
     with open(md_path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -245,9 +249,10 @@ def draw_figure(results: str, runs: Optional[pd.DataFrame] = None) -> List[str]:
             for task in tasks:
                 column = f"{prefix}_{task}"
                 if column in rows:
-                    axis.plot(rows["step"], rows[column], color=colors[task], ls=styles[i % len(styles)], lw=1.2,
+                    values = rows[column] if prefix == "p" else rows[column] / rows["weight_left"]
+                    axis.plot(rows["step"], values, color=colors[task], ls=styles[i % len(styles)], lw=1.2,
                               label=task if i == 0 else None)
-        what = "bargaining power p (end of epoch)" if prefix == "p" else "mean weight over the epoch"
+        what = "bargaining power p (end of epoch)" if prefix == "p" else "epoch's mean weight / main task's"
         axis.set_title(f"{LABELS[method]}: {what}", fontsize=9)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)

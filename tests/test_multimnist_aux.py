@@ -244,7 +244,7 @@ def test_table_and_figure_on_a_tiny_results_tree(tmp_path):
     assert "rotation +2.00, right -1.00, noise -3.50, noise2 -9.00" in text
     assert "p noise2 (effect -3.50)" in text
     assert "p orders every such pair as the measured effects in 1 of 2 seeds." in text
-    assert "GCS (right-noise2-rotation): left 1.000, right 1.000, noise1 0.250" in text
+    assert "GCS (right-noise2-rotation, 2 seeds; main 1): right 1.000, noise1 0.250, noise2 1.000" in text
     assert len(pd.read_csv(csv)) == 16
     [path] = fig.draw_figure(results)
     assert path.endswith("multimnist_aux_weights.png") and os.path.getsize(path) > 10_000
