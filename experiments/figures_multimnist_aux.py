@@ -5,7 +5,8 @@
 Reads every finished run (``status.json`` present) of ``<results>/multimnist_aux/``; a run's result is the main
 task's (``left``) test accuracy at the epoch of its best validation accuracy. Writes
 
-- ``tables/multimnist_aux.md`` and ``.csv``: main-task test accuracy, mean ± std over seeds, per method and
+- ``tables/multimnist_aux.md`` and ``.csv``: main-task test accuracy, mean ± std over seeds, per method (and
+  variant: a ``--tag`` of the form ``<auxiliary set>_<variant>``, e.g. ``right-noise3-rotation_meta-lr0.05``) and
   auxiliary set, with the paired (same seed) difference to STL; each auxiliary's measured effect alone (Equal
   with that auxiliary alone − STL; every ``noise<k>`` head takes the effect of ``noise`` alone); AuxiNash's final
   p per task and seed, and whether it orders the auxiliaries as their measured effects do;
@@ -71,7 +72,10 @@ def collect_runs(results: str, finished_only: bool = True) -> pd.DataFrame:
             continue
         last = rows[rows.split == "train"].sort_values("round").iloc[-1]
         tasks = list(config["tasks"])
-        runs.append({"method": canonical_name(config["method"]), "aux_set": config.get("auxiliary_set", "?"),
+        aux_set = config.get("auxiliary_set", "?")
+        tag = config.get("tag", "") or aux_set
+        variant = tag[len(aux_set) + 1:] if tag.startswith(aux_set + "_") else ("" if tag == aux_set else tag)
+        runs.append({"method": canonical_name(config["method"]), "aux_set": aux_set, "variant": variant,
                      "seed": int(config["seed"]), **point, "tasks": " ".join(tasks),
                      **{f"final_p_{t}": last.get(f"p_{t}", np.nan) for t in tasks},
                      **{f"final_weight_{t}": last.get(f"weight_{t}", np.nan) for t in tasks},
@@ -86,7 +90,7 @@ def collect_runs(results: str, finished_only: bool = True) -> pd.DataFrame:
 def stl_by_seed(runs: pd.DataFrame) -> Dict[int, float]:
     """STL's test accuracy per seed (its auxiliary set does not matter: STL trains the main task alone; the set
     ``none`` is preferred where several exist)."""
-    stl = runs[runs.method == "stl"].assign(pref=lambda d: (d.aux_set != "none").astype(int))
+    stl = runs[(runs.method == "stl") & (runs.variant == "")].assign(pref=lambda d: (d.aux_set != "none").astype(int))
     stl = stl.sort_values(["seed", "pref"]).drop_duplicates("seed")
     return dict(zip(stl.seed, stl.test))
 
@@ -95,9 +99,9 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     """Per (method, auxiliary set): seeds, mean and std of the test accuracy, paired difference to STL."""
     stl = stl_by_seed(runs)
     rows = []
-    for (method, aux_set), group in runs.groupby(["method", "aux_set"], sort=False):
+    for (method, variant, aux_set), group in runs.groupby(["method", "variant", "aux_set"], sort=False):
         paired = [t - stl[s] for s, t in zip(group.seed, group.test) if s in stl]
-        rows.append({"method": method, "aux_set": aux_set, "seeds": len(group),
+        rows.append({"method": method, "variant": variant, "aux_set": aux_set, "seeds": len(group),
                      "seed_list": " ".join(str(s) for s in sorted(group.seed)), "mean": group.test.mean(),
                      "std": group.test.std(ddof=1) if len(group) > 1 else np.nan,
                      "vs_stl": np.mean(paired) if paired and method != "stl" else np.nan,
@@ -109,12 +113,12 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
         return table
     table["order"] = table.method.map({m: i for i, m in enumerate(METHOD_ORDER)}).fillna(len(METHOD_ORDER))
     table["n_aux"] = table.aux_set.str.count("-") + (table.aux_set != "none")
-    return table.sort_values(["n_aux", "aux_set", "order"]).drop(columns="order").reset_index(drop=True)
+    return table.sort_values(["n_aux", "aux_set", "order", "variant"]).drop(columns="order").reset_index(drop=True)
 
 
 def auxiliary_effects(table: pd.DataFrame) -> Dict[str, float]:
     """Measured effect of each single auxiliary: Equal with it alone − STL (paired mean over seeds), in points."""
-    single = table[(table.method == "equal") & (table.n_aux == 1)]
+    single = table[(table.method == "equal") & (table.n_aux == 1) & (table.variant == "")]
     return {row.aux_set: row.vs_stl for row in single.itertuples() if not pd.isna(row.vs_stl)}
 
 
@@ -131,7 +135,7 @@ def ordering(runs: pd.DataFrame, effects: Dict[str, float], min_gap: float = MIN
     differ by more than ``min_gap`` points p orders as the effects (concordant pairs / such pairs; closer effects,
     e.g. the noise heads', count as ties and are skipped)."""
     rows = []
-    for run in runs[runs.method == "auxinash"].sort_values(["aux_set", "seed"]).itertuples():
+    for run in runs[runs.method == "auxinash"].sort_values(["aux_set", "variant", "seed"]).itertuples():
         tasks = run.tasks.split()[1:]
         p = {t: getattr(run, f"final_p_{t}", np.nan) for t in tasks}
         effect = {t: effect_of_task(t, effects) for t in tasks}
@@ -139,7 +143,7 @@ def ordering(runs: pd.DataFrame, effects: Dict[str, float], min_gap: float = MIN
         pairs = [(a, b) for a, b in itertools.combinations(known, 2) if abs(effect[a] - effect[b]) > min_gap]
         concordant = sum((p[a] - p[b]) * (effect[a] - effect[b]) > 0 for a, b in pairs)
         ranked = sorted(known, key=lambda t: -p[t])
-        rows.append({"aux_set": run.aux_set, "seed": run.seed, "p_main": getattr(run, "final_p_left", np.nan),
+        rows.append({"aux_set": run.aux_set, "variant": run.variant, "seed": run.seed, "p_main": getattr(run, "final_p_left", np.nan),
                      **{f"p_{t}": p[t] for t in tasks}, "concordant": concordant, "pairs": len(pairs),
                      "order_matches": bool(pairs) and concordant == len(pairs),
                      "ranking": " > ".join(ranked)})
@@ -185,7 +189,8 @@ def write_table(results: str, runs: Optional[pd.DataFrame] = None) -> List[str]:
              "| auxiliary set | method | seeds | test acc. (%) | Δ STL (points) | seeds above STL |",
              "|---|---|---|---|---|---|"]
     for row in table.itertuples():
-        lines.append(f"| {row.aux_set} | {LABELS.get(row.method, row.method)} | {row.seeds} ({row.seed_list}) | "
+        label = LABELS.get(row.method, row.method) + (f" ({row.variant})" if row.variant else "")
+        lines.append(f"| {row.aux_set} | {label} | {row.seeds} ({row.seed_list}) | "
                      f"{fmt(row.mean)} ± {fmt(row.std)} | {fmt(row.vs_stl, sign=True)} ± {fmt(row.vs_stl_std)} | "
                      + (f"{row.above_stl} of {row.vs_stl_seeds} |" if row.vs_stl_seeds else "– |"))
     if effects:
@@ -193,9 +198,10 @@ def write_table(results: str, runs: Optional[pd.DataFrame] = None) -> List[str]:
                   + ", ".join(f"{name} {value:+.2f}" for name, value in sorted(effects.items(), key=lambda kv: -kv[1]))
                   + ". Each noise<k> head of a larger set is given the effect of `noise` alone."]
     if not order.empty:
-        for aux_set, group in order.groupby("aux_set", sort=False):
+        for (aux_set, variant), group in order.groupby(["aux_set", "variant"], sort=False):
             tasks = [c[2:] for c in group.columns if c.startswith("p_") and c != "p_main" and group[c].notna().any()]
-            lines += ["", f"AuxiNash's final p (last epoch), auxiliary set {aux_set}; ordered pairs: of the pairs of "
+            name = "AuxiNash" + (f" ({variant})" if variant else "")
+            lines += ["", f"{name}'s final p (last epoch), auxiliary set {aux_set}; ordered pairs: of the pairs of "
                           f"auxiliaries whose measured effects differ by more than {MIN_GAP:g} point, those that p "
                           "orders as the effects.", "",
                       "| seed | p left | " + " | ".join(f"p {t} (effect {fmt(effect_of_task(t, effects), sign=True)})"
@@ -212,7 +218,7 @@ def write_table(results: str, runs: Optional[pd.DataFrame] = None) -> List[str]:
         lines += ["", "Last epoch's mean weight of each auxiliary divided by the main task's (GCS: share of steps "
                       "its gradient joined; OL-AUX: its weight, the main task's being 1; AuxiLearn: ∂L_T/∂L_k), mean "
                       "over seeds; after \"main\", the main task's own weight.", ""]
-        for (method, aux_set), group in finals.groupby(["method", "aux_set"], sort=False):
+        for (method, aux_set), group in finals[finals.variant == ""].groupby(["method", "aux_set"], sort=False):
             tasks = group.tasks.iloc[0].split()
             relative = {t: (group[f"final_weight_{t}"] / group["final_weight_left"]).mean() for t in tasks[1:]}
             lines.append(f"- {LABELS[method]} ({aux_set}, {len(group)} seeds; main "
@@ -233,6 +239,7 @@ def draw_figure(results: str, runs: Optional[pd.DataFrame] = None) -> List[str]:
     """AuxiNash's p per task over training and the weights of GCS, OL-AUX, AuxiLearn (every seed), for the
     auxiliary set with the most auxiliaries that AuxiNash ran."""
     runs = collect_runs(results) if runs is None else runs
+    runs = runs[runs.variant == ""] if not runs.empty else runs  # ablations (other tags) are in the table only
     if runs.empty or not (runs.method == "auxinash").any():
         return []
     aux = runs[runs.method == "auxinash"]

@@ -184,9 +184,10 @@ def test_tiny_auxiliary_mode_runs_write_p_for_every_task_and_the_table_and_figur
         train_multimnist_aux.main(common + ["--method", "equal", "--auxiliaries", "none"])
 
 
-def write_run(results, method, aux_set, seed, tasks, test_acc, p=None, weights=None):
+def write_run(results, method, aux_set, seed, tasks, test_acc, p=None, weights=None, tag=None):
     """A finished run folder as the loop writes one (two epochs; the second is the best on validation)."""
-    folder = os.path.join(results, "multimnist_aux", f"{method}_{aux_set}",
+    tag = tag or aux_set
+    folder = os.path.join(results, "multimnist_aux", f"{method}_{tag}",
                           "main-left" if method in ("stl", "auxinash", "gcs", "olaux", "auxilearn") else "main-all",
                           f"seed{seed}")
     os.makedirs(folder)
@@ -199,7 +200,7 @@ def write_run(results, method, aux_set, seed, tasks, test_acc, p=None, weights=N
         rows += [train, {"round": r, "step": 10 * (r + 1), "split": "val", "left_acc": 50.0 + r},
                  {"round": r, "step": 10 * (r + 1), "split": "test", "left_acc": test_acc - 10 * (1 - r)}]
     pd.DataFrame(rows).to_csv(os.path.join(folder, "metrics.csv"), index=False)
-    config = {"method": method, "seed": seed, "tasks": tasks, "auxiliary_set": aux_set, "identity_digest": "x",
+    config = {"method": method, "seed": seed, "tasks": tasks, "auxiliary_set": aux_set, "tag": tag, "identity_digest": "x",
               "preset": "few", "n_train": 1000, "n_val": 500, "n_test": 5000, "epochs": 2, "batch_size": 64,
               "lr": 1e-3, "device_name": "cpu", "synthetic_data": False, "data_note": "standard"}
     json.dump(config, open(os.path.join(folder, "config.json"), "w"))
@@ -222,7 +223,12 @@ def test_table_and_figure_on_a_tiny_results_tree(tmp_path):
               p={"left": 2.0, "right": 0.9, "noise1": 0.3, "noise2": 0.2, "rotation": 1.6})
     write_run(results, "auxinash", "right-noise2-rotation", 1, all_tasks, 83.0,
               p={"left": 2.0, "right": 1.6, "noise1": 0.3, "noise2": 0.2, "rotation": 0.9})
+    # an ablation (a tag <auxiliary set>_<variant>) gets rows of its own and stays out of the figure
+    write_run(results, "auxinash", "right-noise2-rotation", 0, all_tasks, 70.0, tag="right-noise2-rotation_fast",
+              p={"left": 4.0, "right": 0.3, "noise1": 0.2, "noise2": 0.1, "rotation": 0.4})
     runs = fig.collect_runs(results)
+    assert sorted(set(runs.variant)) == ["", "fast"]
+    runs = runs[runs.variant == ""]
     assert len(runs) == 16  # the best validation epoch is the second: its test accuracy counts
     assert runs[(runs.method == "stl") & (runs.seed == 0)].test.tolist() == [80.0]
     table = fig.summary(runs)
@@ -245,7 +251,9 @@ def test_table_and_figure_on_a_tiny_results_tree(tmp_path):
     assert "p noise2 (effect -3.50)" in text
     assert "p orders every such pair as the measured effects in 1 of 2 seeds." in text
     assert "GCS (right-noise2-rotation, 2 seeds; main 1): right 1.000, noise1 0.250, noise2 1.000" in text
-    assert len(pd.read_csv(csv)) == 16
+    assert len(pd.read_csv(csv)) == 17
+    assert "| right-noise2-rotation | AuxiNash (fast) | 1 (0) | 70.00 ± – | -10.00 ± – | 0 of 1 |" in text
+    assert "AuxiNash (fast)'s final p" in text
     [path] = fig.draw_figure(results)
     assert path.endswith("multimnist_aux_weights.png") and os.path.getsize(path) > 10_000
 
