@@ -9,6 +9,7 @@ Only finished runs are drawn unless ``--include-unfinished``; the runs left out 
 - ``<benchmark>_curves.png``: each task's first test metric over training for every method, from the run
   whose main task it is (or the multi-task run); seed 0.
 - ``multimnist_figure2.png``: the paper's Figure 2 (``experiments/figures_multimnist.py``).
+- ``multimnist_aux_weights.png``: issue 23's AuxiNash p and baseline weights (``experiments/figures_multimnist_aux.py``).
 The illustrative example draws its own figure (``experiments/train_toy.py``).
 """
 from __future__ import annotations
@@ -105,7 +106,7 @@ def make_figures(results: str = "results", include_unfinished: bool = False) -> 
     os.makedirs(out, exist_ok=True)
     written = []
     benchmarks = sorted({os.path.basename(os.path.dirname(os.path.dirname(p)))
-                         for p in glob.glob(os.path.join(results, "*", "*", "main-*"))} - {"toy", "multimnist"})
+                         for p in glob.glob(os.path.join(results, "*", "*", "main-*"))} - {"toy", "multimnist", "multimnist_aux"})
     for benchmark in benchmarks:
         for name, draw in (("auxinash_weights", weights_figure), ("curves", curves_figure)):
             path = os.path.join(out, f"{benchmark}_{name}.png")
@@ -113,6 +114,8 @@ def make_figures(results: str = "results", include_unfinished: bool = False) -> 
                 written.append(path)
     from experiments.figures_multimnist import draw_figure  # Multi-MNIST's Figure 2
     written += draw_figure(results)
+    from experiments.figures_multimnist_aux import draw_figure as draw_aux_figure  # issue 23: p and weights
+    written += draw_aux_figure(results)
     return written
 
 

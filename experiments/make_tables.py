@@ -281,6 +281,8 @@ def make_tables(results: str = "results", include_unfinished: bool = False) -> L
     written += write_table(results)
     from experiments.tables_speech_commands import write_tables as speech_commands_tables  # Tables 5-7
     written += speech_commands_tables(results, include_unfinished)
+    from experiments.figures_multimnist_aux import write_table as write_aux_table  # auxiliary-mode Multi-MNIST
+    written += write_aux_table(results)
     return written
 
 

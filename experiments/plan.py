@@ -141,6 +141,29 @@ def multimnist_grid(ctx: Context) -> Iterator[Args]:
                 yield (*settings, "--method", "ls", "--weights", w, "--seed", first_seed)
 
 
+# -- Multi-MNIST in auxiliary mode: does learned p find a harmful auxiliary? ---------------------------------------
+AUX_ALL = ("--auxiliaries", "right", "noise", "rotation", "--noise-tasks", "3")
+AUX_SINGLES = (("right",), ("noise",), ("noise", "--noise-tasks", "3"), ("rotation",))
+
+
+def multimnist_aux_grid(ctx: Context) -> Iterator[Args]:
+    """Main task left: STL; Equal with each auxiliary alone (the calibration); every method with all of them."""
+    settings = ("--data-root", ctx.root, "--preset", "tiny" if ctx.quick else "few")
+    if ctx.quick:
+        settings += ("--cache-root", os.path.join(ctx.synthetic, "multimnist_pairs"))
+    for seed in ctx.seeds:
+        if "equal" in ctx.methods:
+            for single in AUX_SINGLES:
+                yield (*settings, "--method", "equal", "--auxiliaries", *single, "--seed", seed)
+        for method in ctx.methods:
+            if method == "stl":
+                yield (*settings, "--method", "stl", "--auxiliaries", "none", "--seed", seed)
+            elif method == "olaux":  # β stated explicitly: the reference runs were made with it (their identity)
+                yield (*settings, "--method", "olaux", *AUX_ALL, "--olaux-lr", "0.05", "--seed", seed)
+            else:
+                yield (*settings, "--method", method, *AUX_ALL, "--seed", seed)
+
+
 # -- Speech Commands (Tables 5-7) ---------------------------------------------------------------------------------
 SPEECH_QUICK = ("--epochs", "2", "--batch-size", "8", "--width", "0.25", "--meta-every", "2")
 SPEECH_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -184,6 +207,10 @@ PLANS: Dict[str, BenchmarkPlan] = {plan.name: plan for plan in (
                   multimnist_grid, mnist_present,
                   "no MNIST IDX files under {root} (--mnist-root or MNIST_ROOT; see README, section Data)",
                   synthetic_folder="mnist"),
+    BenchmarkPlan("multimnist_aux", "experiments/train_multimnist_aux.py", "--mnist-root", "MNIST_ROOT",
+                  "data_cache/mnist", multimnist_aux_grid, mnist_present,
+                  "no MNIST IDX files under {root} (--mnist-root or MNIST_ROOT; see README, section Data)",
+                  synthetic_folder="mnist", default=False),
     BenchmarkPlan("speech_commands", "experiments/train_speech_commands.py", "--speech-commands-root",
                   "SPEECH_COMMANDS_ROOT", "data_cache/speech_commands", speech_commands_grid,
                   lambda root: os.path.isfile(os.path.join(root, "validation_list.txt")),
@@ -272,9 +299,13 @@ def parser() -> argparse.ArgumentParser:
                    "moved aside)")
     p.add_argument("--out", default="results", help="results root; logs in OUT/logs, named by run")
     p.add_argument("--device", default="", help="torch device passed to every run (default: the scripts' choice)")
+    roots_of: Dict[str, List[str]] = {}
     for plan in PLANS.values():
         if plan.root_flag:
-            p.add_argument(plan.root_flag, default="", help=f"{plan.name} data root (or {plan.env})")
+            roots_of.setdefault(plan.root_flag, []).append(plan.name)
+    for flag, names in roots_of.items():  # benchmarks on the same data share one flag (multimnist, multimnist_aux)
+        env = next(plan.env for plan in PLANS.values() if plan.root_flag == flag)
+        p.add_argument(flag, default="", help=f"data root of {', '.join(names)} (or {env})")
     p.add_argument("--status", action="store_true", help="where every run of the list stands; exit 1 if any failed")
     p.add_argument("--tables", action="store_true", help="only write tables and figures (finished runs)")
     p.add_argument("--include-unfinished", action="store_true", help="with --tables: runs in progress too")

@@ -6,10 +6,11 @@ from .base import Batch, Benchmark, is_synthetic
 from .cifar_ssl import CIFAR_TASKS, VIEW_OF_TASK, CifarSSLBenchmark
 from .dense import CITYSCAPES_TASKS, NYUV2_TASKS, DenseBenchmark, cityscapes_benchmark, nyuv2_benchmark
 from .multimnist import MULTIMNIST_TASKS, MultiMnistBenchmark
+from .multimnist_aux import MultiMnistAuxBenchmark
 from .speech_commands import SPEECH_TASKS, SpeechCNN, SpeechCommandsBenchmark
 from .toy import ToyBenchmark
 
 __all__ = ["Batch", "Benchmark", "is_synthetic", "CIFAR_TASKS", "VIEW_OF_TASK", "CifarSSLBenchmark",
            "CITYSCAPES_TASKS", "NYUV2_TASKS", "DenseBenchmark", "cityscapes_benchmark", "nyuv2_benchmark",
            "ToyBenchmark", "MULTIMNIST_TASKS", "MultiMnistBenchmark",
-           "SPEECH_TASKS", "SpeechCNN", "SpeechCommandsBenchmark"]
+           "MultiMnistAuxBenchmark", "SPEECH_TASKS", "SpeechCNN", "SpeechCommandsBenchmark"]

@@ -1,0 +1,105 @@
+"""Multi-MNIST in auxiliary mode (issue 23, part 2): main task ``left`` (the top-left digit), auxiliaries chosen by
+name (``experiments/benchmarks/multimnist_aux.py``): ``right`` (the bottom-right digit), ``noise`` (random labels
+fixed per training pair; ``--noise-tasks N`` makes N of them, ``noise1`` … ``noiseN``), ``rotation`` (predict the
+pair image's rotation, 0/90/180/270°, as the CIFAR-10 SSL benchmark).
+
+    python experiments/train_multimnist_aux.py --data-root ROOT --method stl --auxiliaries none
+    python experiments/train_multimnist_aux.py --data-root ROOT --method equal --auxiliaries noise --noise-tasks 3
+    python experiments/train_multimnist_aux.py --data-root ROOT --method auxinash \
+        --auxiliaries right noise rotation --noise-tasks 3 --seed 1
+
+Presets: ``few`` (the default) is the few-examples regime of the issue: 1,500 training pairs of which 500 are held
+out for validation (1,000 trained on), 5,000 test pairs, Adam 1e-3, batch 64, 60 epochs. ``tiny`` is the tests'.
+Any of --n-train/--n-val/--n-test/--epochs/--batch-size overrides the preset. Results go to
+``<out>/multimnist_aux/<method>_<auxiliary set>/main-<left|all>/seed<k>/`` (the auxiliary set named as
+``right-noise3-rotation``; ``--tag`` replaces it). Model selection: the main task's test accuracy at the epoch of
+its best validation accuracy.
+
+OL-AUX: its step size β is the ``--olaux-lr`` flag (declared default: ARML's 0.05). This script writes that default
+into the flags when ``--olaux-lr`` is not given, so that its runs' identity states β explicitly (the reference runs
+under results/reference/multimnist_aux were made so, while the other scripts still passed the optimiser's ``--lr``
+into β; see README, "Choices and known differences").
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+
+from data.multimnist import SOURCES, MultiMnist, PairSpec
+from experiments.benchmarks.multimnist_aux import (AUXILIARIES, MultiMnistAuxBenchmark,
+                                                   auxiliary_set_label)
+from methods.olaux import OLAUXSettings
+from experiments.cli import base_parser, non_negative_int, positive_int, run
+from methods import METHODS, canonical_name
+
+log = logging.getLogger("auxinash")
+
+PRESETS = {
+    # the few-examples regime of issue 23: 1,000 training + 500 validation pairs, batch 64, 60 epochs (Adam 1e-3)
+    "few": dict(n_train=1_500, n_val=500, n_test=5_000, epochs=60, batch_size=64),
+    # the tests' end-to-end runs
+    "tiny": dict(n_train=300, n_val=100, n_test=100, epochs=2, batch_size=64),
+}
+OLAUX_BETA = OLAUXSettings.lr  # ARML's OL-AUX step size, as declared
+
+
+def build(args) -> MultiMnistAuxBenchmark:
+    method = canonical_name(args.method)
+    auxiliaries = [] if args.auxiliaries == ["none"] else list(args.auxiliaries)
+    if "none" in auxiliaries:
+        raise SystemExit("error: --auxiliaries none stands alone")
+    if args.main_task not in (None, "left"):
+        raise SystemExit("error: the main task of multimnist_aux is always 'left'")
+    if not auxiliaries and method != "stl":
+        raise SystemExit(f"error: --method {args.method} needs at least one auxiliary (--auxiliaries none is for STL)")
+    if method == "olaux" and args.olaux_lr is None:
+        args.olaux_lr = OLAUX_BETA
+        log.info("OL-AUX: --olaux-lr set to ARML's %g (not the optimiser's --lr)", OLAUX_BETA)
+    args.tag = args.tag or auxiliary_set_label(auxiliaries, args.noise_tasks)
+    preset = dict(PRESETS[args.preset])
+    for key in preset:
+        if getattr(args, key) is not None:
+            preset[key] = getattr(args, key)
+    spec = PairSpec(n_train=preset["n_train"], n_val=preset["n_val"], n_test=preset["n_test"], shift=args.shift,
+                    seed=args.data_seed)
+    data = MultiMnist(args.data_root, args.cache_root, spec, source=args.source, device=args.device,
+                      seed=args.seed, download=args.download, meta_val_size=args.meta_val_size)
+    return MultiMnistAuxBenchmark(data, epochs=preset["epochs"], batch_size=preset["batch_size"], device=args.device,
+                                  seed=args.seed, auxiliaries=auxiliaries, noise_tasks=args.noise_tasks,
+                                  width=args.width, preset=args.preset,
+                                  auxiliary_forward=getattr(METHODS[method], "needs_auxiliary_losses", True))
+
+
+def main(argv=None) -> str:
+    parser = base_parser(__doc__, lr=1e-3)
+    group = parser.add_argument_group("data, auxiliaries and schedule")
+    group.add_argument("--data-root", default=os.environ.get("MNIST_ROOT", "data_cache/mnist"),
+                       help="folder holding MNIST/raw/*-idx?-ubyte[.gz] (torchvision's layout), raw/, or the files "
+                            "themselves (env MNIST_ROOT)")
+    group.add_argument("--cache-root", default=os.environ.get("MULTIMNIST_CACHE", "data_cache/multimnist"),
+                       help="where the constructed pairs are cached (env MULTIMNIST_CACHE)")
+    group.add_argument("--download", action="store_true", help="download MNIST with torchvision if absent")
+    group.add_argument("--source", default="auto", choices=SOURCES,
+                       help="standard: train pairs from the 60K training digits; test-digits: the offline variant "
+                            "from the 10K test digits; auto: standard when the training digits are present")
+    group.add_argument("--auxiliaries", nargs="+", default=list(AUXILIARIES),
+                       choices=list(AUXILIARIES) + ["none"],
+                       help="auxiliary tasks beside the main task 'left' ('none': the main task alone, for STL)")
+    group.add_argument("--noise-tasks", type=positive_int, default=1,
+                       help="how many random-label tasks 'noise' stands for (noise1, noise2, ... when > 1)")
+    group.add_argument("--preset", default="few", choices=sorted(PRESETS),
+                       help="few: 1,000 + 500 validation training pairs, 60 epochs of batch 64; tiny: tests")
+    group.add_argument("--n-train", type=positive_int, default=None, help="training pairs incl. validation (preset)")
+    group.add_argument("--n-val", type=positive_int, default=None, help="validation pairs held out of them (preset)")
+    group.add_argument("--n-test", type=positive_int, default=None, help="test pairs (preset)")
+    group.add_argument("--epochs", type=positive_int, default=None, help="epochs (preset)")
+    group.add_argument("--batch-size", type=positive_int, default=None, help="batch size (preset)")
+    group.add_argument("--shift", type=non_negative_int, default=2, help="largest random shift of each digit, pixels")
+    group.add_argument("--data-seed", type=non_negative_int, default=0,
+                       help="seed of the pair construction (same for all runs)")
+    return run(parser, build, lambda args: None, argv)
+
+
+if __name__ == "__main__":
+    main()
