@@ -76,9 +76,9 @@ def build(args) -> MultiMnistBenchmark:
                                seed=args.seed, width=args.width, preset=args.preset)
 
 
-def main(argv=None) -> str:
-    parser = base_parser(__doc__, lr=1e-4)
-    group = parser.add_argument_group("data and schedule")
+def add_pair_flags(group, presets, default_preset: str, preset_help: str) -> None:
+    """The Multi-MNIST data flags shared by this script and ``train_multimnist_aux.py``: MNIST root, pair cache,
+    source, preset and its overrides, shift and the pairs' seed."""
     group.add_argument("--data-root", default=os.environ.get("MNIST_ROOT", "data_cache/mnist"),
                        help="folder holding MNIST/raw/*-idx?-ubyte[.gz] (torchvision's layout), raw/, or the files "
                             "themselves (env MNIST_ROOT)")
@@ -88,15 +88,21 @@ def main(argv=None) -> str:
     group.add_argument("--source", default="auto", choices=SOURCES,
                        help="standard: train pairs from the 60K training digits; test-digits: the offline variant "
                             "from the 10K test digits; auto: standard when the training digits are present")
-    group.add_argument("--preset", default="paper", choices=sorted(PRESETS),
-                       help="paper: 120K/20K pairs, 50 epochs; cpu: the reduced CPU sweep; tiny: tests")
+    group.add_argument("--preset", default=default_preset, choices=sorted(presets), help=preset_help)
     group.add_argument("--n-train", type=positive_int, default=None, help="training pairs incl. validation (preset)")
     group.add_argument("--n-val", type=positive_int, default=None, help="validation pairs held out of them (preset)")
     group.add_argument("--n-test", type=positive_int, default=None, help="test pairs (preset)")
     group.add_argument("--epochs", type=positive_int, default=None, help="epochs (preset)")
     group.add_argument("--batch-size", type=positive_int, default=None, help="batch size (preset)")
     group.add_argument("--shift", type=non_negative_int, default=2, help="largest random shift of each digit, pixels")
-    group.add_argument("--data-seed", type=non_negative_int, default=0, help="seed of the pair construction (same for all runs)")
+    group.add_argument("--data-seed", type=non_negative_int, default=0,
+                       help="seed of the pair construction (same for all runs)")
+
+
+def main(argv=None) -> str:
+    parser = base_parser(__doc__, lr=1e-4)
+    group = parser.add_argument_group("data and schedule")
+    add_pair_flags(group, PRESETS, "paper", "paper: 120K/20K pairs, 50 epochs; cpu: the reduced CPU sweep; tiny: tests")
     group.add_argument("--weights", type=float, nargs="+", default=None,
                        help="linear scalarisation: W1 for weights (W1, 1 − W1), or two weights")
     return run(parser, build, lambda args: None, argv)

@@ -23,14 +23,14 @@ into β; see README, "Choices and known differences").
 from __future__ import annotations
 
 import logging
-import os
 
 
-from data.multimnist import SOURCES, MultiMnist, PairSpec
+from data.multimnist import MultiMnist, PairSpec
 from experiments.benchmarks.multimnist_aux import (AUXILIARIES, MultiMnistAuxBenchmark,
                                                    auxiliary_set_label)
 from methods.olaux import OLAUXSettings
-from experiments.cli import base_parser, non_negative_int, positive_int, run
+from experiments.train_multimnist import add_pair_flags
+from experiments.cli import base_parser, positive_int, run
 from methods import METHODS, canonical_name
 
 log = logging.getLogger("auxinash")
@@ -74,30 +74,12 @@ def build(args) -> MultiMnistAuxBenchmark:
 def main(argv=None) -> str:
     parser = base_parser(__doc__, lr=1e-3)
     group = parser.add_argument_group("data, auxiliaries and schedule")
-    group.add_argument("--data-root", default=os.environ.get("MNIST_ROOT", "data_cache/mnist"),
-                       help="folder holding MNIST/raw/*-idx?-ubyte[.gz] (torchvision's layout), raw/, or the files "
-                            "themselves (env MNIST_ROOT)")
-    group.add_argument("--cache-root", default=os.environ.get("MULTIMNIST_CACHE", "data_cache/multimnist"),
-                       help="where the constructed pairs are cached (env MULTIMNIST_CACHE)")
-    group.add_argument("--download", action="store_true", help="download MNIST with torchvision if absent")
-    group.add_argument("--source", default="auto", choices=SOURCES,
-                       help="standard: train pairs from the 60K training digits; test-digits: the offline variant "
-                            "from the 10K test digits; auto: standard when the training digits are present")
+    add_pair_flags(group, PRESETS, "few", "few: 1,000 + 500 validation training pairs, 60 epochs of batch 64; tiny: tests")
     group.add_argument("--auxiliaries", nargs="+", default=list(AUXILIARIES),
                        choices=list(AUXILIARIES) + ["none"],
                        help="auxiliary tasks beside the main task 'left' ('none': the main task alone, for STL)")
     group.add_argument("--noise-tasks", type=positive_int, default=1,
                        help="how many random-label tasks 'noise' stands for (noise1, noise2, ... when > 1)")
-    group.add_argument("--preset", default="few", choices=sorted(PRESETS),
-                       help="few: 1,000 + 500 validation training pairs, 60 epochs of batch 64; tiny: tests")
-    group.add_argument("--n-train", type=positive_int, default=None, help="training pairs incl. validation (preset)")
-    group.add_argument("--n-val", type=positive_int, default=None, help="validation pairs held out of them (preset)")
-    group.add_argument("--n-test", type=positive_int, default=None, help="test pairs (preset)")
-    group.add_argument("--epochs", type=positive_int, default=None, help="epochs (preset)")
-    group.add_argument("--batch-size", type=positive_int, default=None, help="batch size (preset)")
-    group.add_argument("--shift", type=non_negative_int, default=2, help="largest random shift of each digit, pixels")
-    group.add_argument("--data-seed", type=non_negative_int, default=0,
-                       help="seed of the pair construction (same for all runs)")
     return run(parser, build, lambda args: None, argv)
 
 
