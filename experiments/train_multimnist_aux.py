@@ -53,6 +53,11 @@ def build(args) -> MultiMnistAuxBenchmark:
         raise SystemExit("error: the main task of multimnist_aux is always 'left'")
     if not auxiliaries and method != "stl":
         raise SystemExit(f"error: --method {args.method} needs at least one auxiliary (--auxiliaries none is for STL)")
+    if (args.representation or getattr(args, "fast", None)) and "rotation" in auxiliaries:
+        flag = "--representation" if args.representation else "--fast"
+        raise SystemExit(f"error: {flag} needs every task loss computed from the one shared representation, but the "
+                         f"rotation task has its own trunk pass on the rotated image (its loss would not reach the "
+                         f"shared trunk at all); drop rotation from --auxiliaries or {flag}")
     if method == "olaux" and args.olaux_lr is None:
         args.olaux_lr = OLAUX_BETA
         log.info("OL-AUX: --olaux-lr set to ARML's %g (not the optimiser's --lr)", OLAUX_BETA)

@@ -277,3 +277,13 @@ def test_run_all_knows_multimnist_aux():
 def test_stl_needs_one_task_only():
     method = get_method("stl", n_tasks=1, main_task=0)
     assert method.task_weights().tolist() == [1.0]
+
+
+@pytest.mark.parametrize("flag", ["--fast", "--representation"])
+def test_representation_modes_refuse_the_rotation_task(flag, tmp_path):
+    """rotation has its own trunk pass: under --fast / --representation its loss would silently miss the trunk."""
+    from experiments import train_multimnist_aux
+    with pytest.raises(SystemExit, match="rotation"):
+        train_multimnist_aux.main(["--method", "auxinash", "--auxiliaries", "right", "rotation", flag,
+                                   "--out", str(tmp_path), "--data-root", str(tmp_path / "none")])
+    assert not any(tmp_path.iterdir())
