@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
-from .checks import check_losses, check_parameters, check_representation
+from .checks import check_losses, check_losses_reach, check_parameters, check_representation
 from .distributed import average_grads_, average_one, is_distributed, sum_one, world_size
 from .gradients import TaskGradients, accumulation_dtype, per_task_gradients, write_grad
 from .settings import NoSettings
@@ -114,6 +114,8 @@ class WeightMethod:
         values = check_losses(losses, self.n_tasks, name)
         shared, specific = check_parameters(shared_parameters, task_specific_parameters, name)
         check_representation(representation, name)
+        if representation is not None and isinstance(self, GradientMethod):  # per-task gradients w.r.t. it
+            check_losses_reach(losses, representation, name)
         return values, shared, specific
 
 

@@ -97,3 +97,39 @@ def check_representation(representation, method: str) -> None:
     if not representation.requires_grad:
         raise ValueError(f"{method}.backward: representation has no autograd history; pass the shared encoder's "
                          f"output that the losses were computed from")
+
+
+def _graph_reaches(root, target: torch.Tensor) -> bool:
+    """Whether the autograd graph below ``root`` (a node) contains ``target`` (its grad_fn, or a leaf's
+    AccumulateGrad node)."""
+    target_fn = target.grad_fn
+    stack, seen = [root], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node is target_fn or (target_fn is None and getattr(node, "variable", None) is target):
+            return True
+        stack.extend(child for child, _ in node.next_functions)
+    return False
+
+
+def check_losses_reach(losses: torch.Tensor, representation: torch.Tensor, method: str) -> None:
+    """ValueError naming the first task whose loss was not computed from ``representation``: its gradient with
+    respect to the representation would be zero and the shared encoder would never receive that loss (a task with
+    its own encoder pass, e.g. a rotated view). Constant losses (no graph) pass."""
+    from torch.autograd.graph import GradientEdge
+
+    from .gradients import task_outputs  # per-task roots of the stacked losses
+
+    for k, target in enumerate(task_outputs(losses)):
+        if target is None:
+            continue
+        output = target[0]
+        root = output.node if isinstance(output, GradientEdge) else output.grad_fn
+        if root is not None and not _graph_reaches(root, representation):
+            raise ValueError(f"{method}.backward: the loss of task {k} does not depend on the representation passed "
+                             f"to backward, so per-task gradients with respect to it (representation= / fast mode) "
+                             f"would drop that loss from the shared encoder; compute every loss from that "
+                             f"representation, or use the exact mode (representation=None)")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from experiments.cli import base_parser, make_config
-from methods import get_method
+from methods import METHOD_NAMES, METHODS, GradientMethod, get_method
 from methods.gradients import per_task_gradients, task_outputs
 from tests.helpers import TinyMultiTask, make_batch
 
@@ -200,3 +200,18 @@ def test_zero_neumann_terms_skip_the_gradient_graph_with_the_same_result():
     torch.testing.assert_close(short, full, rtol=1e-10, atol=0)
     g = per_task_gradients(model.losses(batch), shared).shared
     torch.testing.assert_close(short, -(g @ g[0]), rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("name", [n for n in METHOD_NAMES if issubclass(METHODS[n], GradientMethod)])
+def test_a_loss_that_misses_the_representation_is_named(name):
+    """A task computed from another encoder pass (a rotated view) would get a zero representation gradient and
+    silently drop out of the trunk's update: every per-task-gradient method names it instead."""
+    torch.manual_seed(0)
+    encoder, heads = torch.nn.Linear(4, 6), [torch.nn.Linear(6, 1) for _ in range(3)]
+    x = torch.randn(8, 4)
+    z, other = encoder(x), encoder(x.flip(0))
+    losses = torch.stack([heads[0](z).pow(2).mean(), heads[1](z).pow(2).mean(), heads[2](other).pow(2).mean()])
+    method = get_method(name, 3)
+    with pytest.raises(ValueError, match="task 2 does not depend on the representation"):
+        method.backward(losses, list(encoder.parameters()), [p for h in heads for p in h.parameters()],
+                        representation=z)
