@@ -64,7 +64,14 @@ def build(args) -> MultiMnistBenchmark:
             args.tag = args.tag or preference_tag(args.p[0], "p")
         elif len(args.p) == 2 and min(args.p) > 0:  # AuxiNash rescales p; the folder names p₁'s share
             args.tag = args.tag or preference_tag(args.p[0] / sum(args.p), "p")
-    preset = dict(PRESETS[args.preset])
+    data, preset = build_pairs(args, PRESETS)
+    return MultiMnistBenchmark(data, epochs=preset["epochs"], batch_size=preset["batch_size"], device=args.device,
+                               seed=args.seed, width=args.width, preset=args.preset)
+
+
+def build_pairs(args, presets):
+    """The Multi-MNIST pairs of ``add_pair_flags``' flags, and the preset with the flags' overrides applied."""
+    preset = dict(presets[args.preset])
     for key in preset:
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
@@ -72,8 +79,7 @@ def build(args) -> MultiMnistBenchmark:
                     seed=args.data_seed)
     data = MultiMnist(args.data_root, args.cache_root, spec, source=args.source, device=args.device,
                       seed=args.seed, download=args.download, meta_val_size=args.meta_val_size)
-    return MultiMnistBenchmark(data, epochs=preset["epochs"], batch_size=preset["batch_size"], device=args.device,
-                               seed=args.seed, width=args.width, preset=args.preset)
+    return data, preset
 
 
 def add_pair_flags(group, presets, default_preset: str, preset_help: str) -> None:

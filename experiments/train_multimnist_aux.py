@@ -25,11 +25,10 @@ from __future__ import annotations
 import logging
 
 
-from data.multimnist import MultiMnist, PairSpec
 from experiments.benchmarks.multimnist_aux import (AUXILIARIES, MultiMnistAuxBenchmark,
                                                    auxiliary_set_label)
 from methods.olaux import OLAUXSettings
-from experiments.train_multimnist import add_pair_flags
+from experiments.train_multimnist import add_pair_flags, build_pairs
 from experiments.cli import base_parser, positive_int, run
 from methods import METHODS, canonical_name
 
@@ -62,14 +61,7 @@ def build(args) -> MultiMnistAuxBenchmark:
         args.olaux_lr = OLAUX_BETA
         log.info("OL-AUX: --olaux-lr set to ARML's %g (not the optimiser's --lr)", OLAUX_BETA)
     args.tag = args.tag or auxiliary_set_label(auxiliaries, args.noise_tasks)
-    preset = dict(PRESETS[args.preset])
-    for key in preset:
-        if getattr(args, key) is not None:
-            preset[key] = getattr(args, key)
-    spec = PairSpec(n_train=preset["n_train"], n_val=preset["n_val"], n_test=preset["n_test"], shift=args.shift,
-                    seed=args.data_seed)
-    data = MultiMnist(args.data_root, args.cache_root, spec, source=args.source, device=args.device,
-                      seed=args.seed, download=args.download, meta_val_size=args.meta_val_size)
+    data, preset = build_pairs(args, PRESETS)
     return MultiMnistAuxBenchmark(data, epochs=preset["epochs"], batch_size=preset["batch_size"], device=args.device,
                                   seed=args.seed, auxiliaries=auxiliaries, noise_tasks=args.noise_tasks,
                                   width=args.width, preset=args.preset,

@@ -29,6 +29,7 @@ from data.multimnist import MultiMnist
 from ..tasks import Task
 from .base import Batch
 from .multimnist import MultiMnistBenchmark
+from ..results_io import metric_column
 
 MAIN_TASK = Task("left", "left", "classification", 10)
 AUXILIARIES = ("right", "noise", "rotation")
@@ -120,7 +121,7 @@ class MultiMnistAuxBenchmark(MultiMnistBenchmark):
             accuracy = MAIN_TASK.accumulator()
             for batch in self.data.eval_batches(split):
                 accuracy.update(model.heads["left"](model.encode(batch["image"])).float(), batch["left"])
-            results[split] = {f"left_{k}": v for k, v in accuracy.result().items()}
+            results[split] = {metric_column(MAIN_TASK.name, k): v for k, v in accuracy.result().items()}
         model.train()
         return results
 
