@@ -13,13 +13,13 @@
 #   ./run_all.sh --status             # done / running / pending / failed per run, with log paths
 #   ./run_all.sh --tables             # tables and figures from whatever has finished
 #
-# Options: ./run_all.sh --help (from experiments/plan.py). --benchmarks defaults to every benchmark of the plan,
+# Options: ./run_all.sh --help (from experiments/orchestration/run_all.py). --benchmarks defaults to every benchmark of the plan,
 # --methods to every method of the registry (methods.METHODS), --seeds to "0 1 2" (--quick: 0); data roots come
 # from --<benchmark>-root flags or the environment (NYUV2_ROOT, CITYSCAPES_ROOT, CIFAR10_ROOT, MNIST_ROOT,
 # SPEECH_COMMANDS_ROOT; MULTIMNIST_PRESET=cpu for Multi-MNIST's CPU preset).
 # A benchmark whose data is missing is reported and skipped. Launching again skips finished and running runs and
-# resumes interrupted ones (every run gets --resume); see experiments/sweep.py.
-# The plan itself (grids, quick settings, ablations) is Python: experiments/plan.py; this file only calls it.
+# resumes interrupted ones (every run gets --resume); see experiments/orchestration/sweep.py.
+# The plan itself (grids, quick settings, ablations) is Python: experiments/orchestration/plan.py; this file only calls its driver.
 set -euo pipefail
 cd "$(dirname "$0")"
-exec "${PYTHON:-python}" -m experiments.plan "$@"
+exec "${PYTHON:-python}" -m experiments.orchestration.run_all "$@"

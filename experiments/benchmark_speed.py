@@ -42,8 +42,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from experiments.benchmarks import CIFAR_TASKS, NYUV2_TASKS
-from experiments.models import CifarSSLNet, SegNet
+from experiments.training.benchmarks import CIFAR_TASKS, NYUV2_TASKS
+from experiments.training.models import CifarSSLNet, SegNet
 from methods import METHOD_NAMES, get_method
 from methods import implicit
 from methods.gradients import DEFAULT_GRADIENT_MODE, per_task_gradients, write_grad

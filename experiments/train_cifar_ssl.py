@@ -10,7 +10,7 @@ validation accuracy (early stopping).
 Input pipeline and auxiliaries as ARML's SSL code (``--cifar-pipeline arml``, the default): GCN + ZCA inputs,
 flip / 2-pixel reflect crop / noise 0.15 in every training forward pass, Exemplar-MT on raw pooled features with
 ARML's student view and an EMA teacher whose decay warms up as min(1 − 1/(t+1), 0.95), ARML's WRN-28-2
-(LeakyReLU 0.1); see ``data/cifar.py`` and ``experiments/benchmarks/cifar_ssl.py``. ``--cifar-pipeline legacy``
+(LeakyReLU 0.1); see ``data/cifar.py`` and ``experiments/training/benchmarks/cifar_ssl.py``. ``--cifar-pipeline legacy``
 runs this repository's earlier pipeline (per-channel mean/std, 4-pixel zero-pad crop, one shared trunk pass, a
 projection head, constant EMA decay, ReLU WRN). STL forwards the labelled images only.
 """
@@ -21,9 +21,9 @@ import os
 
 from data import CifarSSL
 from data.cifar import PIPELINES, TASKS
-from experiments.benchmarks import CifarSSLBenchmark
-from experiments.benchmarks.cifar_ssl import ROTATIONS
-from experiments.cli import base_parser, run
+from experiments.training.benchmarks import CifarSSLBenchmark
+from experiments.training.benchmarks.cifar_ssl import ROTATIONS
+from experiments.training.cli import base_parser, run
 from methods import METHODS, canonical_name
 
 

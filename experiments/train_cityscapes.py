@@ -11,8 +11,8 @@ from __future__ import annotations
 
 
 
-from experiments.benchmarks import cityscapes_benchmark
-from experiments.cli import base_parser, dense_flags, run
+from experiments.training.benchmarks import cityscapes_benchmark
+from experiments.training.cli import base_parser, dense_flags, run
 
 
 def main(argv=None) -> str:

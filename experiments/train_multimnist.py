@@ -23,8 +23,8 @@ import os
 
 
 from data.multimnist import SOURCES, MultiMnist, PairSpec
-from experiments.benchmarks import MultiMnistBenchmark
-from experiments.cli import base_parser, non_negative_int, positive_int, run
+from experiments.training.benchmarks import MultiMnistBenchmark
+from experiments.training.cli import base_parser, non_negative_int, positive_int, run
 from methods import canonical_name
 
 PRESETS = {

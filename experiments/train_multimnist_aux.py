@@ -1,5 +1,5 @@
 """Multi-MNIST in auxiliary mode (issue 23, part 2): main task ``left`` (the top-left digit), auxiliaries chosen by
-name (``experiments/benchmarks/multimnist_aux.py``): ``right`` (the bottom-right digit), ``noise`` (random labels
+name (``experiments/training/benchmarks/multimnist_aux.py``): ``right`` (the bottom-right digit), ``noise`` (random labels
 fixed per training pair; ``--noise-tasks N`` makes N of them, ``noise1`` … ``noiseN``), ``rotation`` (predict the
 pair image's rotation, 0/90/180/270°, as the CIFAR-10 SSL benchmark).
 
@@ -25,11 +25,11 @@ from __future__ import annotations
 import logging
 
 
-from experiments.benchmarks.multimnist_aux import (AUXILIARIES, MultiMnistAuxBenchmark,
+from experiments.training.benchmarks.multimnist_aux import (AUXILIARIES, MultiMnistAuxBenchmark,
                                                    auxiliary_set_label)
 from methods.olaux import OLAUXSettings
 from experiments.train_multimnist import add_pair_flags, build_pairs
-from experiments.cli import base_parser, positive_int, run
+from experiments.training.cli import base_parser, positive_int, run
 from methods import METHODS, canonical_name
 
 log = logging.getLogger("auxinash")

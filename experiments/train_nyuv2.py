@@ -9,8 +9,8 @@ from __future__ import annotations
 
 
 
-from experiments.benchmarks import nyuv2_benchmark
-from experiments.cli import base_parser, dense_flags, run
+from experiments.training.benchmarks import nyuv2_benchmark
+from experiments.training.cli import base_parser, dense_flags, run
 
 
 def main(argv=None) -> str:

@@ -6,7 +6,7 @@ a main task and a helpful auxiliary with optimum W* = (1, 1), a harmful auxiliar
 
 The paper's settings: 1,000 training samples, label noise std 5 for the main task and 0.25 for the helpful
 auxiliary, Adam lr 1e-2, batch 256, 1,000 epochs, p learned every 25 steps. Not stated there, our choices
-(see experiments/benchmarks/toy.py for why): harmful label noise std 5 (``--harmful-noise``), p learned on a
+(see experiments/training/benchmarks/toy.py for why): harmful label noise std 5 (``--harmful-noise``), p learned on a
 held-out validation set of 1,000 samples (``--meta-val-size``; 0 = batches of the training set), x ~ N(0, I₂),
 W starts at (0, 0). Runs on a CPU, a few seconds per run.
 
@@ -33,11 +33,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from experiments.benchmarks import ToyBenchmark
-from experiments.benchmarks.toy import DEFAULT_HARMFUL_NOISE, DEFAULT_META_VAL_SIZE
-from experiments.cli import non_negative_float, non_negative_int, positive_int
-from experiments.loop import TrainConfig, train
-from experiments.results_io import RUN_FILES, save_figure, write_frame, write_text
+from experiments.training.benchmarks import ToyBenchmark
+from experiments.training.benchmarks.toy import DEFAULT_HARMFUL_NOISE, DEFAULT_META_VAL_SIZE
+from experiments.training.cli import non_negative_float, non_negative_int, positive_int
+from experiments.training.loop import TrainConfig, train
+from experiments.storage.results_io import RUN_FILES, save_figure, write_frame, write_text
 from methods import METHOD_NAMES
 
 DEFAULT_EPOCHS = 1000

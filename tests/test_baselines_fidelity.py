@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.benchmarks import Benchmark, ToyBenchmark, nyuv2_benchmark
-from experiments.loop import TrainConfig, train
+from experiments.training.benchmarks import Benchmark, ToyBenchmark, nyuv2_benchmark
+from experiments.training.loop import TrainConfig, train
 from methods import get_method
 from tests.helpers import TinyMultiTask, make_batch, run_backward, task_gradients
 
@@ -335,7 +335,7 @@ def cifar_root(tmp_path_factory):
 
 def cifar_bench(root, pipeline="arml", meta_val_size=0, seed=0, **kwargs):
     from data import CifarSSL
-    from experiments.benchmarks import CifarSSLBenchmark
+    from experiments.training.benchmarks import CifarSSLBenchmark
     data = CifarSSL(root, n_labeled=50, val_size=50, meta_val_size=meta_val_size, seed=seed, pipeline=pipeline)
     return CifarSSLBenchmark(data, iterations=6, eval_every=3, labeled_batch=4, unlabeled_batch=5, device="cpu",
                              seed=seed, width=0.125, **kwargs)
@@ -420,7 +420,7 @@ def test_meta_batches_official_on_cifar_run_keeps_the_stream(cifar_root, tmp_pat
     """In a whole run (meta-updates recorded, no forward pass of their own), the training batches are those of
     the same run without meta-updates; every meta-update gets a fresh L_T batch, never the step's."""
     from experiments import train_cifar_ssl
-    from experiments.benchmarks import CifarSSLBenchmark
+    from experiments.training.benchmarks import CifarSSLBenchmark
     recorder = Recorder()
     monkeypatch.setattr(type(get_method("auxilearn", 3)), "meta_update", lambda self, *args: recorder(self, *args))
     original = CifarSSLBenchmark.round_batches
@@ -470,7 +470,7 @@ def test_meta_batches_official_on_multimnist(tmp_path):
 
     from data.multimnist import MultiMnist, PairSpec
     from experiments import train_multimnist
-    from experiments.benchmarks.multimnist import MultiMnistBenchmark
+    from experiments.training.benchmarks.multimnist import MultiMnistBenchmark
     from tests.test_multimnist import write_mnist
     write_mnist(str(tmp_path / "raw"), 0, 10_000)
     spec = PairSpec(n_train=100, n_val=20, n_test=20)
@@ -517,7 +517,7 @@ def test_meta_batches_official_refused_where_unsupported():
 
 
 def test_cli_flags_reach_the_methods():
-    from experiments.cli import method_kwargs_from_flags
+    from experiments.training.cli import method_kwargs_from_flags
     flags = {"olaux_interval": 5, "olaux_form": "accumulated", "auxilearn_train_on_loss": True, "olaux_lr": None,
              "lr": 1e-4, "seed": 0}
     assert method_kwargs_from_flags("olaux", flags) == {"interval": 5, "form": "accumulated"}
@@ -531,7 +531,7 @@ def test_table_caption_says_what_each_delta_m_is_against(tmp_path):
 
     import pandas as pd
 
-    from experiments import make_tables
+    from experiments.reporting import tables as make_tables
     for method, main in (("stl", "main-seg"), ("stl", "main-depth"), ("stl", "main-normal"), ("equal", "main-all")):
         run = tmp_path / "nyuv2" / method / main / "seed0"
         run.mkdir(parents=True)

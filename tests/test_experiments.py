@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 from data import synthetic
-from experiments import make_figures, make_tables, train_cifar_ssl, train_cityscapes, train_nyuv2
-from experiments.plan import PLANS
+from experiments import train_cifar_ssl, train_cityscapes, train_nyuv2
+from experiments.reporting import figures as make_figures
+from experiments.reporting import tables as make_tables
+from experiments.orchestration.plan import PLANS
 from methods import METHOD_NAMES
 from tests.conftest import ROOT
 
@@ -133,7 +135,7 @@ def test_make_tables_assembles_per_main_task(tmp_path):
     assert "| LS | 37.5 ± 1.4 (37.66)" in text
     assert "AuxiNash | **40.6 ± 1.6** (52.52)" in text  # 1.1 × (30 + shift) + 6.5
     assert "SYNTHETIC" not in text and "+9.84" in text  # the paper's LS Δm
-    ours = make_tables.assemble(make_tables.table_specs()[1], results).set_index("label")
+    ours = make_tables.assemble(make_tables.tables()[1], results).set_index("label")
     np.testing.assert_allclose(ours.loc["STL", "disp_abs_err"], 1.0 + 6.5 + 1.0)
     assert not os.path.exists(os.path.join(results, "tables", "cityscapes_aux_set.md"))  # no ablation runs
     assert "\\begin{tabular}" in open(os.path.join(results, "tables", "cityscapes.tex")).read()
@@ -158,9 +160,18 @@ def test_run_all_dry_run():
     assert narrowed.count("\n") == 2 and "--seed 4" in narrowed
 
 
-@pytest.mark.parametrize("script", sorted({os.path.basename(plan.script) for plan in PLANS.values()}
-                                           | {"make_tables.py", "make_figures.py"}))
+COMMANDS = sorted(name for name in os.listdir(os.path.join(ROOT, "experiments"))
+                  if name.endswith(".py") and name != "__init__.py")
+
+
+def test_the_commands_are_the_plans_scripts_and_the_reporting_entry_points():
+    assert {os.path.basename(plan.script) for plan in PLANS.values()} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("script", COMMANDS)
 def test_help(script):
+    """Every command at the top of experiments/ (the scripts, and the entry points into reporting and sweeps that
+    the README documents) answers --help."""
     result = subprocess.run([sys.executable, os.path.join("experiments", script), "--help"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0 and "usage" in result.stdout

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from experiments.cli import base_parser, make_config
+from experiments.training.cli import base_parser, make_config
 from methods import METHOD_NAMES, METHODS, GradientMethod, get_method
 from methods.gradients import per_task_gradients, task_outputs
 from tests.helpers import TinyMultiTask, make_batch
@@ -150,7 +150,7 @@ def test_fast_flag_reaches_the_nash_family_only():
 def test_mixed_term_from_k_gradients_equals_double_backward():
     """The meta-update's mixed term u ᵀ∇_θ L_k from K plain gradients equals the double backward of the
     official code (and ``implicit_hypergradient``), in float64, on a model with batch norm."""
-    from experiments.models import MultiLeNet
+    from experiments.training.models import MultiLeNet
     from methods.implicit import implicit_hypergradient, weighted_sum_hypergradient
 
     torch.manual_seed(0)

@@ -20,8 +20,8 @@ from PIL import Image
 from data import load_cityscapes, synthetic
 from data.dense import Target, augment
 from data.prepare import disparity_from_png, part_classes, prepare_cityscapes
-from experiments.benchmarks.dense import cityscapes_benchmark
-from experiments.tasks import Task
+from experiments.training.benchmarks.dense import cityscapes_benchmark
+from experiments.training.tasks import Task
 from tests.conftest import ROOT
 
 
@@ -157,8 +157,8 @@ def test_cityscapes_benchmark_uses_the_roots_invalid_marker(tmp_path):
 from data import CifarSSL  # noqa: E402
 from data.cifar import (apply_zca, arml_augment, fit_zca, gcn, rotate_all, rotate_batch,  # noqa: E402
                         student_view)
-from experiments.benchmarks.cifar_ssl import CifarSSLBenchmark  # noqa: E402
-from experiments.models import ArmlBlock, BasicBlock, CifarSSLNet, WideResNet, batch_stats_frozen  # noqa: E402
+from experiments.training.benchmarks.cifar_ssl import CifarSSLBenchmark  # noqa: E402
+from experiments.training.models import ArmlBlock, BasicBlock, CifarSSLNet, WideResNet, batch_stats_frozen  # noqa: E402
 
 
 def test_gcn_by_hand():

@@ -13,12 +13,13 @@ import pytest
 import torch
 
 import methods
-from experiments import cli, train_cifar_ssl
-from experiments.plan import PLANS
+from experiments import train_cifar_ssl
+from experiments.training import cli
+from experiments.orchestration.plan import PLANS
 from methods import METHOD_NAMES, METHODS, get_method, method_settings
 from methods.settings import setting_fields
 
-# every training script over experiments/cli.py that the plan runs (the toy script trains all methods at once)
+# every training script over experiments/training/cli.py that the plan runs (the toy script trains all methods at once)
 SCRIPTS = {name: importlib.import_module(plan.script[:-3].replace("/", "."))
            for name, plan in PLANS.items() if not plan.whole_list}
 train_nyuv2 = SCRIPTS["nyuv2"]
@@ -146,8 +147,8 @@ def test_method_flags_default_to_none_so_existing_run_identities_stay(script, mo
 
 
 def test_config_records_the_resolved_method_settings_once(tmp_path):
-    from experiments.benchmarks import ToyBenchmark
-    from experiments.loop import TrainConfig, train
+    from experiments.training.benchmarks import ToyBenchmark
+    from experiments.training.loop import TrainConfig, train
     benchmark = ToyBenchmark("cpu", seed=0, epochs=2, eval_every=2, n_train=256, batch_size=128)
     run_dir = train(benchmark, TrainConfig(method="olaux", main_task="main", lr=1e-2, out=str(tmp_path),
                                            method_kwargs={"interval": 5}))

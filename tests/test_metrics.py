@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from experiments.make_tables import CITYSCAPES_COLUMNS, NYUV2_COLUMNS, PAPER_DIR
-from experiments.metrics import Accuracy, ConfusionMatrix, DepthError, MeanSquaredError, NormalError, delta_m
+from experiments.reporting.tables import CITYSCAPES_COLUMNS, NYUV2_COLUMNS
+from experiments.storage.results_io import PAPER_DIR
+from experiments.training.metrics import Accuracy, ConfusionMatrix, DepthError, MeanSquaredError, NormalError, delta_m
 
 
 def test_confusion_matrix_miou_and_pixel_accuracy():

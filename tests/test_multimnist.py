@@ -15,8 +15,11 @@ import torch
 from data import DatasetNotFoundError, MalformedDatasetError
 from data import mnist as mnist_io
 from data import multimnist as mm
-from experiments import figures_multimnist, make_figures, make_tables, train_multimnist
-from experiments.models import MultiLeNet
+from experiments import train_multimnist
+from experiments.reporting import multimnist as figures_multimnist
+from experiments.reporting import figures as make_figures
+from experiments.reporting import tables as make_tables
+from experiments.training.models import MultiLeNet
 from methods import get_method
 from tests.conftest import ROOT, SHARED
 from tests.helpers import TinyMultiTask, make_batch, run_backward, task_gradients

@@ -11,9 +11,11 @@ import torch
 
 from data import multimnist as mm
 from data import synthetic
-from experiments import figures_multimnist_aux as fig
-from experiments import make_figures, make_tables, train_multimnist_aux
-from experiments.benchmarks import multimnist_aux as aux
+from experiments.reporting import multimnist_aux as fig
+from experiments import train_multimnist_aux
+from experiments.reporting import figures as make_figures
+from experiments.reporting import tables as make_tables
+from experiments.training.benchmarks import multimnist_aux as aux
 from methods import get_method
 from tests.conftest import ROOT
 

@@ -13,9 +13,11 @@ import pytest
 
 from data import check as data_check
 from data import synthetic
-from experiments import make_figures, make_tables, train_cifar_ssl, train_nyuv2
-from experiments.metrics import ConfusionMatrix
-from experiments.results_io import (RunError, RunLock, check_metrics, identity_difference, read_metrics,
+from experiments import train_cifar_ssl, train_nyuv2
+from experiments.reporting import figures as make_figures
+from experiments.reporting import tables as make_tables
+from experiments.training.metrics import ConfusionMatrix
+from experiments.storage.results_io import (RunError, RunLock, check_metrics, identity_difference, read_metrics,
                                     run_identity)
 from tests.conftest import ROOT
 
@@ -102,7 +104,7 @@ def test_identity_leaves_out_launch_flags_and_unset_switches():
 
 # 3. one writer per run folder
 def hold_lock(run_dir):
-    process = subprocess.Popen([sys.executable, "-c", "import sys, time; from experiments.results_io import RunLock; "
+    process = subprocess.Popen([sys.executable, "-c", "import sys, time; from experiments.storage.results_io import RunLock; "
                                 "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)", run_dir],
                                cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "held"
@@ -137,7 +139,7 @@ def test_a_stale_lock_is_taken_over(tmp_path, caplog):
 
 def test_a_holder_on_another_host_counts_while_its_slurm_job_runs(tmp_path, monkeypatch):
     """A cluster filesystem may not share locks between hosts: the holder's SLURM job decides there."""
-    from experiments import results_io
+    from experiments.storage import results_io
     with open(tmp_path / "lock", "w") as f:
         json.dump({"host": "node-17", "pid": 4242, "slurm_job": "991_3", "started": "then"}, f)
     monkeypatch.setattr(results_io, "slurm_job_running", lambda job: job == "991_3")
@@ -281,8 +283,8 @@ def test_run_all_fails_when_every_benchmark_was_skipped(tmp_path):
 
 def test_runs_moved_aside_by_force_are_not_read_as_runs(tmp_path):
     """``--force`` moves a run to ``seed<k>.old-<time>``: tables, figures and the sweep status must not read it."""
-    from experiments import figures_multimnist
-    from experiments.results_io import find_runs
+    from experiments.reporting import multimnist as figures_multimnist
+    from experiments.storage.results_io import find_runs
     for name in ("seed0", "seed0.old-20261123-031500"):
         run = tmp_path / "multimnist" / "nashmtl" / "main-all" / name
         run.mkdir(parents=True)
@@ -294,7 +296,7 @@ def test_runs_moved_aside_by_force_are_not_read_as_runs(tmp_path):
 def test_a_live_process_of_the_same_slurm_job_holds_its_lock(monkeypatch):
     """Several runs of one allocation (``--launcher local`` inside sbatch) share SLURM_JOB_ID: a live holder on
     this host still holds; only a record from another node of the same job is an earlier, requeued try."""
-    from experiments import results_io
+    from experiments.storage import results_io
     monkeypatch.setenv("SLURM_JOB_ID", "555")
     mine = results_io.holder_info()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
@@ -311,9 +313,9 @@ def test_identity_tells_synthetic_data_apart(monkeypatch):
     """The data root is not part of a run's identity (data may move), but whether the data is synthetic is."""
     import torch
 
-    from experiments.benchmarks import ToyBenchmark
-    from experiments.loop import TrainConfig, run_identity_of
-    from experiments.results_io import identity_digest
+    from experiments.training.benchmarks import ToyBenchmark
+    from experiments.training.loop import TrainConfig, run_identity_of
+    from experiments.storage.results_io import identity_digest
     benchmark = ToyBenchmark(torch.device("cpu"), 0, epochs=10)
     config = TrainConfig(method="auxinash", main_task="main")
     real = identity_digest(run_identity_of(benchmark, config))

@@ -1,4 +1,4 @@
-"""The results layout has one owner (``experiments.results_io``: ``RunFolder``, ``RUN_FILES``, the metrics.csv
+"""The results layout has one owner (``experiments.storage.results_io``: ``RunFolder``, ``RUN_FILES``, the metrics.csv
 column names); every tracked reference result re-reads into the same tables."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from experiments.results_io import RunFolder, find_runs, loss_column, p_column, weight_column
+from experiments.storage.results_io import RunFolder, find_runs, loss_column, p_column, weight_column
 from methods import METHOD_NAMES
 from tests.conftest import ROOT
 
@@ -56,7 +56,7 @@ def test_every_reference_run_folder_parses():
 
 
 def test_multimnist_reference_table_rereads_byte_identical(tmp_path):
-    from experiments import figures_multimnist
+    from experiments.reporting import multimnist as figures_multimnist
     source = os.path.join(REFERENCE, "multimnist")
     copy = tmp_path / "multimnist"
     shutil.copytree(os.path.join(source, "multimnist"), copy / "multimnist")

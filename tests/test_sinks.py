@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from experiments import sinks
-from experiments.benchmarks import ToyBenchmark
-from experiments.loop import TrainConfig, train
+from experiments.storage import sinks
+from experiments.training.benchmarks import ToyBenchmark
+from experiments.training.loop import TrainConfig, train
 
 
 class Recording(sinks.Sink):
@@ -55,8 +55,9 @@ def test_unknown_sink_is_named(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(sinks.SINKS))
 def test_sink_flags_do_not_change_a_runs_identity(name, monkeypatch):
-    from experiments import cli, train_nyuv2
-    from experiments.results_io import run_identity
+    from experiments import train_nyuv2
+    from experiments.training import cli
+    from experiments.storage.results_io import run_identity
     monkeypatch.setattr(train_nyuv2, "run", lambda parser, *args, **kwargs: parser)
     parser = train_nyuv2.main([])
     plain = cli.make_config(parser.parse_args([]), ["seg", "depth", "normal"], None)

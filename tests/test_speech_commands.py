@@ -16,8 +16,10 @@ from data import DatasetNotFoundError, MalformedDatasetError
 from data import check as data_check
 from data import speech_commands as sc
 from data.synthetic import write_speech_commands
-from experiments import make_tables, tables_speech_commands, train_speech_commands
-from experiments.benchmarks.speech_commands import BinaryCounts, SpeechCNN
+from experiments import train_speech_commands
+from experiments.reporting import tables as make_tables
+from experiments.reporting import speech_commands as tables_speech_commands
+from experiments.training.benchmarks.speech_commands import BinaryCounts, SpeechCNN
 
 
 @pytest.fixture(scope="module")

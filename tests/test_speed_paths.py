@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from experiments.models import CifarSSLNet, MultiLeNet, SegNet, SharedLinear
+from experiments.training.models import CifarSSLNet, MultiLeNet, SegNet, SharedLinear
 from methods import get_method
 from methods import gradients as gradients_module
 from methods.gradients import per_task_gradients
@@ -36,7 +36,7 @@ def shared_linear_case():
     return model, torch.randn(6, 2), None
 
 
-# Every model of experiments/models.py at tiny width: (model, input batch, encoder or None); add one line per model.
+# Every model of experiments/training/models.py at tiny width: (model, input batch, encoder or None); add one line per model.
 MODEL_CASES = {"segnet": segnet_case, "wrn-28-2": wrn_case, "multi-lenet": lenet_case,
                "shared_linear": shared_linear_case}
 

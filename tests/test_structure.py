@@ -68,8 +68,31 @@ def test_no_sys_path_edits():
 
 
 def test_no_long_function_in_the_training_loop():
-    """The loop stays readable: no function of experiments/loop.py over 60 lines."""
-    path = os.path.join(ROOT, "experiments", "loop.py")
+    """The loop stays readable: no function of experiments/training/loop.py over 60 lines."""
+    path = os.path.join(ROOT, "experiments", "training", "loop.py")
     for node in ast.walk(ast.parse(open(path).read())):
         if isinstance(node, ast.FunctionDef):
             assert node.end_lineno - node.lineno + 1 <= 60, f"loop.{node.name} has {node.end_lineno - node.lineno + 1} lines"
+
+
+# experiments' layers, lowest first: a module imports only modules of its own layer or of a lower one
+LAYERS = ("experiments.storage", "experiments.training", "experiments.orchestration.plan", "experiments.reporting",
+          "experiments.orchestration", "experiments")
+
+
+def layer_of(module: str) -> int:
+    return next(i for i, prefix in enumerate(LAYERS) if module == prefix or module.startswith(prefix + "."))
+
+
+def test_experiments_layers():
+    """storage → training → the plan → reporting → orchestration (run_all, sweep) → the commands at the top; the
+    package docstrings (experiments/__init__.py, each subpackage's) and CONTRIBUTING.md say the same."""
+    paths = dict(modules())
+    for module, path in paths.items():
+        if not module.startswith("experiments"):
+            continue
+        for imported in imports_of(module, path, set(paths)):
+            if imported.startswith("experiments") and imported != "experiments":
+                assert layer_of(imported) <= layer_of(module), f"{module} imports the higher layer {imported}"
+        if module != "experiments" and layer_of(module) == len(LAYERS) - 1:
+            assert "." not in module[len("experiments."):], f"{module}: a module below experiments/ belongs to a layer"

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from data import synthetic
-from experiments import sweep, train_nyuv2
+from experiments import train_nyuv2
+from experiments.orchestration import sweep
 from tests.conftest import ROOT
 
 SWEEP = [sys.executable, os.path.join(ROOT, "experiments", "sweep.py")]
@@ -219,7 +220,7 @@ def test_slurm_launcher_without_slurm_says_so(tmp_path):
 def test_a_run_in_progress_is_not_started_again(nyuv2_root, tmp_path):
     runs = commands(nyuv2_root, tmp_path, methods=("stl",))
     run_dir = os.path.join(str(tmp_path), "nyuv2", "stl", "main-seg", "seed0")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from experiments.results_io import RunLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from experiments.storage.results_io import RunLock; "
                                "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)", run_dir],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from experiments import train_toy
-from experiments.benchmarks import ToyBenchmark
-from experiments.benchmarks.toy import least_squares_optimum
+from experiments.training.benchmarks import ToyBenchmark
+from experiments.training.benchmarks.toy import least_squares_optimum
 from methods.auxinash import AuxiNash
 from methods.nash_solver import solve_nash
 
@@ -166,7 +166,7 @@ def test_run_all_runs_the_toy_once_with_five_seeds():
     (["--seed", "x"], "--seed: expected an integer"),
 ])
 def test_out_of_range_flags_exit_2_and_write_nothing(tmp_path, capsys, flags, words):
-    """Every numeric flag is range-checked by argparse (experiments/cli.py's types) before any run starts."""
+    """Every numeric flag is range-checked by argparse (experiments/training/cli.py's types) before any run starts."""
     out = tmp_path / "results"
     with pytest.raises(SystemExit) as caught:
         train_toy.main(flags + ["--epochs", "1"] * ("--epochs" not in flags) + ["--methods", "stl", "--out", str(out)])

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from data import synthetic
 from data.check import check
 from experiments import train_nyuv2
-from experiments.tasks import Task
+from experiments.training.tasks import Task
 from methods.equal import Equal
 
 KINDS = {  # task, prediction shape, a target with no valid entry

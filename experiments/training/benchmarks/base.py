@@ -1,4 +1,4 @@
-"""The interface every benchmark implements for the shared loop (``experiments.loop.train``)."""
+"""The interface every benchmark implements for the shared loop (``experiments.training.loop.train``)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterator, Tuple
@@ -8,7 +8,7 @@ import torch
 from data.common import is_synthetic  # noqa: F401  (re-exported: the benchmarks' configs record it)
 
 from ..models import MultiTaskModel
-from ..results_io import metric_column
+from experiments.storage.results_io import metric_column
 from ..tasks import Task
 
 Batch = Dict[str, torch.Tensor]
@@ -16,7 +16,7 @@ META_BATCHES = ("step", "official")  # where a meta-update's L_T and L_V batches
 
 
 class Benchmark:
-    """Interface used by ``experiments.loop.train``."""
+    """Interface used by ``experiments.training.loop.train``."""
 
     name: str
     tasks: Tuple[Task, ...]

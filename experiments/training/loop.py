@@ -28,8 +28,8 @@ from tqdm import tqdm
 from methods import METHODS, canonical_name, get_method, method_settings
 
 from .benchmarks import Benchmark
-from .sinks import open_sinks
-from .results_io import (LR, ROUND, RUN_FILES, RUN_RECORD_ENV, SECONDS, SPLIT, STEP, TRAIN_SPLIT, RunError,
+from experiments.storage.sinks import open_sinks
+from experiments.storage.results_io import (LR, ROUND, RUN_FILES, RUN_RECORD_ENV, SECONDS, SPLIT, STEP, TRAIN_SPLIT, RunError,
                          RunFolder, RunLock, loss_column, p_column, weight_column, check_metrics, environment, identity_difference,
                          identity_digest, load_checkpoint, move_aside, read_json, remove_stale_temporaries,
                          run_identity, save_checkpoint, write_json, write_rows)
@@ -54,7 +54,7 @@ class TrainConfig:
     resume: bool = False
     force: bool = False
     stop_after: Optional[int] = None
-    sinks: Tuple[str, ...] = ()  # outputs mirroring metrics.csv (experiments/sinks.py), e.g. ("tensorboard",)
+    sinks: Tuple[str, ...] = ()  # outputs mirroring metrics.csv (experiments/storage/sinks.py), e.g. ("tensorboard",)
     method_kwargs: Dict[str, Any] = field(default_factory=dict)
     flags: Dict[str, Any] = field(default_factory=dict)
 
@@ -123,7 +123,7 @@ def train(benchmark: Benchmark, config: TrainConfig) -> str:
 
 
 def record_run_directory(run_dir: str) -> None:
-    """Add ``run_dir`` to the file named by ``$AUXINASH_RUN_RECORD``, if set: how ``experiments/sweep.py`` learns
+    """Add ``run_dir`` to the file named by ``$AUXINASH_RUN_RECORD``, if set: how ``experiments/orchestration/sweep.py`` learns
     which run folders a command line trains, without changing the command line."""
     record = os.environ.get(RUN_RECORD_ENV)
     if not record:

@@ -26,8 +26,8 @@ from data import DatasetNotFoundError, MalformedDatasetError
 from .benchmarks import Benchmark
 from .benchmarks.base import META_BATCHES
 from .loop import TrainConfig, train
-from .results_io import RunError
-from .sinks import SINK_HELP, SINKS, MissingDependencyError, check_available
+from experiments.storage.results_io import RunError
+from experiments.storage.sinks import SINK_HELP, SINKS, MissingDependencyError, check_available
 
 # flags that set the same-named setting of the method that runs, where it declares one (kept from before the
 # per-method flags; their destinations are part of existing runs' identities, so they keep their names)
@@ -117,7 +117,7 @@ def base_parser(description: str, lr: float, meta_every: int = 25) -> argparse.A
                           "aside to <run>.old-<time>)")
     run.add_argument("--stop-after", type=positive_int, default=None,
                      help="stop after this many rounds (epochs / evaluation blocks); continue with --resume")
-    for name in SINKS:  # outputs mirroring metrics.csv (experiments/sinks.py)
+    for name in SINKS:  # outputs mirroring metrics.csv (experiments/storage/sinks.py)
         run.add_argument(f"--{name}", action="store_true", help=SINK_HELP.get(name, f"also write the {name} output"))
     run.add_argument("--log-level", default="INFO", type=str.upper,
                      choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -22,6 +22,9 @@ if TYPE_CHECKING:  # torch and pandas are imported where used, so that status vi
     import pandas as pd
 
 log = logging.getLogger("auxinash")
+# the repository (its git commit goes into config.json) and the paper's transcribed tables in it
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PAPER_DIR = os.path.join(REPOSITORY, "results", "paper")
 
 
 def atomic_write(path: str, write) -> None:
@@ -76,11 +79,10 @@ def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
 
 def environment() -> Dict[str, str]:
     """Git commit, library versions and the interpreter, for config.json."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPOSITORY, capture_output=True,
                                     text=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", False

@@ -1,25 +1,23 @@
-"""The experiment plan: per benchmark, its script, data root, run grid, quick-mode settings and ablations.
+"""The experiment plan: per benchmark, its script, data root, run grid, quick-mode settings, ablations and tables.
 
-``./run_all.sh`` is a thin wrapper around ``python -m experiments.plan`` (same flags; ``--help``). A run is an
-argument list; the plan hands the list to ``experiments/sweep.py`` in-process (``sweep.main(..., commands=...)``).
-The grids read the method registry (``methods.METHODS``: which methods there are, which are multi-task) and the
-benchmarks' tasks; nothing here names a method's settings.
+Declarations only: ``./run_all.sh`` (``experiments/orchestration/run_all.py``) turns the grids into command lines
+and hands them to ``experiments/orchestration/sweep.py`` in-process (``sweep.main(..., commands=...)``); the
+tables (``experiments/reporting/tables.py``) read ``tables()``. A run is an argument list. The grids read the
+method registry (``methods.METHODS``: which methods there are, which are multi-task) and the benchmarks' tasks;
+nothing here names a method's settings. An ablation is declared once (``Ablation``): the grid runs it under
+``--ablations`` and its table's row reads its folder.
 
 Adding a benchmark = its data module, its benchmark class, its script, and one ``BenchmarkPlan`` entry in
 ``PLANS`` (see CONTRIBUTING.md).
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import os
-import shlex
-import subprocess
-import sys
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
-from data.common import SYNTHETIC_MARKER
+from experiments.storage.results_io import RunFolder
 from methods import METHOD_NAMES, METHODS
 
 Args = Tuple[str, ...]
@@ -66,6 +64,42 @@ class BenchmarkPlan:
 DENSE_QUICK = ("--epochs", "2", "--width", "0.0625", "--batch-size", "2", "--workers", "0", "--meta-every", "2")
 
 
+@dataclass(frozen=True)
+class Ablation:
+    """An ablation run (``--ablations``): ``method`` with ``flags`` in the run folder ``<method>_<tag>``, once per
+    seed for every main task (``per_task``) or for the segmentation task alone; its row in table ``table`` is
+    ``label`` (the paper's row name)."""
+
+    method: str
+    tag: str
+    flags: Args
+    label: str
+    table: str
+    per_task: bool = False
+
+    @property
+    def folder(self) -> str:
+        return RunFolder("", "", self.method, self.tag).method_folder
+
+
+FIXED_P = ("0.7", "0.8", "0.9")  # paper Table 8
+META_LRS = ("1e-2", "1e-3")  # paper Table 9, besides AuxiNash's default 5e-3 (the plain auxinash runs)
+
+
+def dense_ablations(benchmark: str) -> Tuple[Ablation, ...]:
+    """The held-out auxiliary set (Table 3: 10% of the training set, segmentation main); on NYUv2 also fixed p
+    (Table 8) and the learning rate of p (Table 9), for every main task."""
+    held_out = ("--meta-val-size", "0.1")
+    ablations = (Ablation("auxinash", "aux-set", held_out, "AuxiNash Aux. Set", f"{benchmark}_aux_set"),
+                 Ablation("stl", "partial", held_out, "STL Partial", f"{benchmark}_aux_set"))
+    if benchmark == "nyuv2":
+        ablations += tuple(Ablation("auxinash", f"fixed-p{p}", ("--p", p), f"AuxiNash ({p})", "nyuv2_fixed_p",
+                                    per_task=True) for p in FIXED_P)
+        ablations += tuple(Ablation("auxinash", f"meta-lr{lr}", ("--meta-lr", lr), f"AuxiNash (lr = {lr})",
+                                    "nyuv2_meta_lr", per_task=True) for lr in META_LRS)
+    return ablations
+
+
 def dense_tasks(benchmark: str, root: str) -> Tuple[str, ...]:
     """The tasks of a dense benchmark (the MTAN Cityscapes release has seg and depth only)."""
     if benchmark == "cityscapes":
@@ -84,19 +118,13 @@ def dense_grid(benchmark: str) -> Callable[[Context], Iterator[Args]]:
                 else:
                     for task in tasks:
                         yield (*settings, "--method", method, "--main-task", task, "--seed", seed)
-            if ctx.ablations:  # the held-out auxiliary set (Table 3), fixed p (Table 8), p's learning rate (Table 9)
-                yield (*settings, "--method", "auxinash", "--main-task", "seg", "--meta-val-size", "0.1", "--tag",
-                       "aux-set", "--seed", seed)
-                yield (*settings, "--method", "stl", "--main-task", "seg", "--meta-val-size", "0.1", "--tag",
-                       "partial", "--seed", seed)
-                if benchmark == "nyuv2":
-                    for task in tasks:
-                        for p in ("0.7", "0.8", "0.9"):
-                            yield (*settings, "--method", "auxinash", "--main-task", task, "--p", p, "--tag",
-                                   f"fixed-p{p}", "--seed", seed)
-                        for lr in ("1e-3", "1e-2"):
-                            yield (*settings, "--method", "auxinash", "--main-task", task, "--meta-lr", lr, "--tag",
-                                   f"meta-lr{lr}", "--seed", seed)
+            if ctx.ablations:
+                ablations = dense_ablations(benchmark)
+                runs = [(a, "seg") for a in ablations if not a.per_task]
+                runs += [(a, task) for task in tasks for a in ablations if a.per_task]
+                for a, task in runs:
+                    yield (*settings, "--method", a.method, "--main-task", task, *a.flags, "--tag", a.tag,
+                           "--seed", seed)
     return grid
 
 
@@ -222,133 +250,55 @@ PLANS: Dict[str, BenchmarkPlan] = {plan.name: plan for plan in (
 DEFAULT_BENCHMARKS = tuple(name for name, plan in PLANS.items() if plan.default)
 
 
-def roots(args: argparse.Namespace) -> Dict[str, str]:
-    """Each benchmark's data root: its flag, else its environment variable, else its default."""
-    found = {}
-    for plan in PLANS.values():
-        if plan.root_flag:
-            flag_value = getattr(args, plan.root_flag[2:].replace("-", "_"))
-            found[plan.name] = flag_value or os.environ.get(plan.env) or plan.default_root
+# -- the tables (reporting/tables.py): NYUv2, Cityscapes; CIFAR-10, Multi-MNIST, Speech Commands have their own --
+@dataclass(frozen=True)
+class TableRow:
+    """One row: its ``label``, the run folder ``<method>[_<tag>]`` it reads, the paper's row name (None: none)."""
+
+    label: str
+    folder: str
+    paper_row: Optional[str]
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table of ``benchmark``'s runs. ``columns`` None: every table metric of the benchmark's tasks
+    (``Task.table_metrics``, direction from ``experiments.training.tasks.METRICS``); ``paper_file`` under
+    ``results/paper/``. An ablation table is written only once some of its ablation runs have finished."""
+
+    name: str
+    benchmark: str
+    title: str
+    paper_file: Optional[str]
+    rows: Tuple[TableRow, ...]
+    columns: Optional[Tuple[str, ...]] = None
+    ablation: bool = False
+
+
+def method_rows() -> Tuple[TableRow, ...]:
+    """A row per registered method, in the registry's (the paper's) order, named by its declared ``label``."""
+    return tuple(TableRow(METHODS[name].label, name, METHODS[name].label) for name in METHOD_NAMES)
+
+
+def ablation_rows(benchmark: str, table: str = "", tag: str = "") -> Tuple[TableRow, ...]:
+    """The rows of ``benchmark``'s ablations of one ``table`` (or the one with ``tag``), in the plan's order."""
+    return tuple(TableRow(a.label, a.folder, a.label) for a in dense_ablations(benchmark)
+                 if a.table == table or a.tag == tag)
+
+
+def tables() -> Tuple[Table, ...]:
+    stl, auxinash = TableRow("STL", "stl", "STL"), TableRow("AuxiNash", "auxinash", "AuxiNash")
+    found = (Table("nyuv2", "nyuv2", "NYUv2 (paper Table 1)", "nyuv2.csv", method_rows()),
+             Table("cityscapes", "cityscapes", "Cityscapes (paper Table 2)", "cityscapes.csv", method_rows()),
+             Table("nyuv2_fixed_p", "nyuv2", "NYUv2, AuxiNash with fixed p (paper Table 8)", "nyuv2_fixed_p.csv",
+                   (stl, *ablation_rows("nyuv2", "nyuv2_fixed_p"), auxinash), ablation=True),
+             Table("nyuv2_meta_lr", "nyuv2", "NYUv2, learning rate of p (paper Table 9)", "nyuv2_meta_lr.csv",
+                   (TableRow("STL", "stl", None), TableRow("AuxiNash (lr = 5e-3)", "auxinash", "AuxiNash (lr = 5e-3)"),
+                    *ablation_rows("nyuv2", "nyuv2_meta_lr")), ablation=True))
+    for benchmark in ("nyuv2", "cityscapes"):
+        found += (Table(f"{benchmark}_aux_set", benchmark,
+                        f"{benchmark}: held-out auxiliary set, semantic segmentation main (paper Table 3)",
+                        "aux_set.csv", (stl, *ablation_rows(benchmark, tag="partial"), auxinash,
+                                        *ablation_rows(benchmark, tag="aux-set")),
+                        columns=("seg_miou",), ablation=True),)
     return found
-
-
-def command(python: str, plan: BenchmarkPlan, run: Args, args: argparse.Namespace) -> str:
-    """One run's command line, as the sweep records and launches it."""
-    words = [python, plan.script, *run, "--out", args.out]
-    if not plan.whole_list:
-        words.append("--resume")
-    if args.force:
-        words.append("--force")
-    if args.device and not plan.whole_list:
-        words += ["--device", args.device]
-    return " ".join(shlex.quote(word) for word in words)
-
-
-def build_commands(args: argparse.Namespace, list_only: bool) -> Tuple[List[str], int]:
-    """The run list (command lines) of the chosen benchmarks, and how many were skipped for missing data."""
-    python = os.environ.get("PYTHON", "python")
-    data_roots = roots(args)
-    synthetic = os.path.join(args.out, ".synthetic")
-    if args.quick:
-        data_roots = {name: os.path.join(synthetic, plan.synthetic_folder)
-                      for name, plan in PLANS.items() if plan.synthetic_folder}
-    seeds = args.seeds.split() if args.seeds else (["0"] if args.quick else ["0", "1", "2"])
-    commands, skipped = [], 0
-    for name in args.benchmarks.split():
-        if name not in PLANS:
-            raise SystemExit(f"unknown benchmark: {name} (known: {' '.join(PLANS)})")
-        plan = PLANS[name]
-        root = data_roots.get(name, "")
-        if not list_only and not plan.has_data(root):
-            print(f"SKIPPED {name}: {plan.missing.format(root=root)}", file=sys.stderr)
-            skipped += 1
-            continue
-        context = Context(methods=args.methods.split(), seeds=seeds, seeds_given=bool(args.seeds), quick=args.quick,
-                          ablations=args.ablations, root=root, synthetic=synthetic)
-        commands += [command(python, plan, run, args) for run in plan.grid(context)]
-    return commands, skipped
-
-
-def write_synthetic(out: str) -> None:
-    """Quick mode's small synthetic datasets under ``<out>/.synthetic`` (once; the MNIST marker is written last)."""
-    folder = os.path.join(out, ".synthetic")
-    missing = [plan.synthetic_folder for plan in PLANS.values() if plan.synthetic_folder
-               and not os.path.exists(os.path.join(folder, plan.synthetic_folder, SYNTHETIC_MARKER))]
-    if missing:  # a new tree, or one written before a benchmark was added: write every layout again
-        print(f"quick mode: writing small synthetic datasets under {folder} ({', '.join(missing)} missing)", flush=True)
-        subprocess.run([os.environ.get("PYTHON", sys.executable), "-m", "data.synthetic", "--small", folder],
-                       check=True)
-
-
-SWEEP_FLAGS = ("launcher", "jobs", "gpus", "partition", "gpus_per_run", "cpus_per_run", "mem", "time", "account",
-               "qos", "max_parallel")
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_all.sh", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description=__doc__.split("\n\n")[0] + " Reproduce the paper's tables: every "
-                                "benchmark x method x main task x seed, then the tables and figures.")
-    p.add_argument("--benchmarks", default=" ".join(DEFAULT_BENCHMARKS), help="which benchmarks (space-separated)")
-    p.add_argument("--methods", default=" ".join(METHOD_NAMES), help="which methods (space-separated)")
-    p.add_argument("--seeds", default="", help='seeds (default: "0 1 2"; --quick: 0)')
-    p.add_argument("--ablations", action="store_true", help="add the ablation runs (fixed p, learning rate of p, "
-                   "held-out aux set)")
-    p.add_argument("--quick", action="store_true", help="every run at tiny settings on synthetic layouts, CPU")
-    p.add_argument("--dry-run", action="store_true", help="print the runs and stop")
-    p.add_argument("--force", action="store_true", help="train every run again from scratch (old run folders are "
-                   "moved aside)")
-    p.add_argument("--out", default="results", help="results root; logs in OUT/logs, named by run")
-    p.add_argument("--device", default="", help="torch device passed to every run (default: the scripts' choice)")
-    roots_of: Dict[str, List[str]] = {}
-    for plan in PLANS.values():
-        if plan.root_flag:
-            roots_of.setdefault(plan.root_flag, []).append(plan.name)
-    for flag, names in roots_of.items():  # benchmarks on the same data share one flag (multimnist, multimnist_aux)
-        env = next(plan.env for plan in PLANS.values() if plan.root_flag == flag)
-        p.add_argument(flag, default="", help=f"data root of {', '.join(names)} (or {env})")
-    p.add_argument("--status", action="store_true", help="where every run of the list stands; exit 1 if any failed")
-    p.add_argument("--tables", action="store_true", help="only write tables and figures (finished runs)")
-    p.add_argument("--include-unfinished", action="store_true", help="with --tables: runs in progress too")
-    sweep = p.add_argument_group("launching (passed to experiments/sweep.py)")
-    sweep.add_argument("--launcher", default="sequential", help="sequential, local or slurm")
-    for flag in SWEEP_FLAGS[1:]:
-        sweep.add_argument(f"--{flag.replace('_', '-')}", default=None)
-    return p
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from experiments import sweep
-    args = parser().parse_args(argv)
-    if args.tables:
-        return sweep.main(["--tables", "--out", args.out] + (["--include-unfinished"] if args.include_unfinished
-                                                               else []))
-    list_only = args.dry_run or args.status  # --dry-run and --status list every run, whether its data is here or not
-    if args.quick and not list_only:
-        write_synthetic(args.out)
-    commands, skipped = build_commands(args, list_only)
-    if not commands:
-        print(f"no runs: every requested benchmark was skipped ({skipped}); see the messages above", file=sys.stderr)
-        return 1
-    if args.dry_run:
-        print("\n".join(commands))
-        return 0
-    if args.status:
-        return sweep.main(["--status", "--out", args.out], commands=commands)
-    sweep_argv = ["--out", args.out]
-    for flag in SWEEP_FLAGS:
-        value = getattr(args, flag)
-        if value not in (None, ""):
-            sweep_argv += [f"--{flag.replace('_', '-')}", str(value)]
-    print(f"{len(commands)} runs (logs in {os.path.join(args.out, 'logs')})", flush=True)
-    failed = sweep.main(sweep_argv, commands=commands) != 0
-    if args.launcher == "slurm":
-        print("follow the runs with: ./run_all.sh --status (same flags); tables with: ./run_all.sh --tables")
-        return int(failed)
-    sweep.main(["--tables", "--out", args.out])
-    tables, figures = os.path.join(args.out, "tables"), os.path.join(args.out, "figures")
-    print(f"tables: {tables}, figures: {figures}" + ("; some runs FAILED (see above)" if failed else ""))
-    return int(failed)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

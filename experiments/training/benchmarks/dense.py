@@ -14,7 +14,7 @@ from data.cityscapes import conventions, detect_layout
 from ..models import MultiTaskModel, SegNet
 from ..tasks import Task
 from .base import Batch, Benchmark, is_synthetic
-from ..results_io import metric_column
+from experiments.storage.results_io import metric_column
 
 
 class DenseBenchmark(Benchmark):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .metrics import Accuracy, ConfusionMatrix, DepthError, MeanSquaredError, NormalError
-from .results_io import metric_column
+from experiments.storage.results_io import metric_column
 
 # metric → higher is better
 METRICS = {

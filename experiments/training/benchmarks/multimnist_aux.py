@@ -29,7 +29,7 @@ from data.multimnist import MultiMnist
 from ..tasks import Task
 from .base import Batch
 from .multimnist import MultiMnistBenchmark
-from ..results_io import metric_column
+from experiments.storage.results_io import metric_column
 
 MAIN_TASK = Task("left", "left", "classification", 10)
 AUXILIARIES = ("right", "noise", "rotation")

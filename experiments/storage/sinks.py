@@ -90,7 +90,7 @@ class WandbSink(Sink):
 
 SINKS = {"tensorboard": TensorBoardSink, "wandb": WandbSink}
 # the optional package each sink needs (None: none); the training scripts get one flag --<name> per sink, which is
-# launch-only (experiments/cli.py keeps it out of the run's identity: mirroring metrics.csv changes no result)
+# launch-only (experiments/training/cli.py keeps it out of the run's identity: mirroring metrics.csv changes no result)
 SINK_PACKAGES: Dict[str, Any] = {"tensorboard": "tensorboard", "wandb": "wandb"}
 SINK_HELP = {"tensorboard": "also write TensorBoard event files to <run>/tensorboard (needs: pip install tensorboard)",
              "wandb": "also log to an offline Weights & Biases run in <run>/wandb (needs: pip install wandb)"}
