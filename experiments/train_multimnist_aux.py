@@ -1,5 +1,5 @@
 """Multi-MNIST in auxiliary mode (issue 23, part 2): main task ``left`` (the top-left digit), auxiliaries chosen by
-name (``experiments/training/benchmarks/multimnist_aux.py``): ``right`` (the bottom-right digit), ``noise`` (random labels
+name (``training/benchmarks/multimnist_aux.py``): ``right`` (the bottom-right digit), ``noise`` (random labels
 fixed per training pair; ``--noise-tasks N`` makes N of them, ``noise1`` … ``noiseN``), ``rotation`` (predict the
 pair image's rotation, 0/90/180/270°, as the CIFAR-10 SSL benchmark).
 

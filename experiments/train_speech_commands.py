@@ -13,7 +13,7 @@ it): the same clips for every method of a seed, other clips for another seed.
 
 The paper leaves the STFT, the CNN's sizes, the batch size and the model selection open; the defaults here are
 TensorFlow's "Simple audio recognition" tutorial's (STFT 256 / hop 128, 32×32 resize, global normalisation,
-batch 64, a 32 → 64 channel CNN; see ``data/speech_commands.py`` and ``experiments/training/benchmarks/speech_commands.py``),
+batch 64, a 32 → 64 channel CNN; see ``data/speech_commands.py`` and ``training/benchmarks/speech_commands.py``),
 each behind a flag. Results: ``<out>/speech_commands_<n-train>/<method>/main-<word or all>/seed<k>/``; metrics.csv
 holds per round and split every task's accuracy and positive-class recall (``<word>_acc``, ``<word>_recall``).
 """

@@ -4,7 +4,7 @@ Each method class names its declaration (``Settings``), its table label (the pap
 whether it uses a main task (``uses_main_task``) and whether it learns anything in ``meta_update``
 (``has_meta_update``). Everything else reads these: the constructor's defaults are the declaration's
 (``tests/test_method_settings.py`` checks that the two agree for every registered method), the training
-scripts generate one flag per setting (``--<method>-<setting>``, see ``experiments/cli.py``), ``config.json``
+scripts generate one flag per setting (``--<method>-<setting>``, see ``experiments/training/cli.py``), ``config.json``
 records the resolved settings once, and the tables take their row names from ``label``.
 
     @dataclass(frozen=True)

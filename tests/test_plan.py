@@ -1,5 +1,6 @@
-"""The experiment plan (experiments/orchestration/plan.py): every benchmark entry's runs are command lines its own script accepts,
-every grid follows the method registry, and run_all.sh is the plan's thin wrapper."""
+"""The experiment plan (experiments/orchestration/plan.py): every benchmark entry's runs are command lines its own
+script accepts, every grid follows the method registry, the tables read the runs the grids make, and run_all.sh is
+the plan's thin wrapper."""
 from __future__ import annotations
 
 import argparse

@@ -36,7 +36,7 @@ def shared_linear_case():
     return model, torch.randn(6, 2), None
 
 
-# Every model of experiments/training/models.py at tiny width: (model, input batch, encoder or None); add one line per model.
+# Every model of experiments/training/models.py at tiny width: (model, input batch, encoder or None); one line each.
 MODEL_CASES = {"segnet": segnet_case, "wrn-28-2": wrn_case, "multi-lenet": lenet_case,
                "shared_linear": shared_linear_case}
 

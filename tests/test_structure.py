@@ -85,7 +85,7 @@ def layer_of(module: str) -> int:
 
 
 def test_experiments_layers():
-    """storage → training → the plan → reporting → orchestration (run_all, sweep) → the commands at the top; the
+    """storage → training → the plan → reporting → orchestration (run_all, sweep) → the top-level commands; the
     package docstrings (experiments/__init__.py, each subpackage's) and CONTRIBUTING.md say the same."""
     paths = dict(modules())
     for module, path in paths.items():

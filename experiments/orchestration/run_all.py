@@ -79,8 +79,8 @@ SWEEP_FLAGS = ("launcher", "jobs", "gpus", "partition", "gpus_per_run", "cpus_pe
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_all.sh", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="The experiment plan: per benchmark, its script, data root, run grid, quick-mode "
-                                "settings and ablations. Reproduce the paper's tables: every "
+                                description="The experiment plan: per benchmark, its script, data root, run "
+                                "grid, quick-mode settings and ablations. Reproduce the paper's tables: every "
                                 "benchmark x method x main task x seed, then the tables and figures.")
     p.add_argument("--benchmarks", default=" ".join(DEFAULT_BENCHMARKS), help="which benchmarks (space-separated)")
     p.add_argument("--methods", default=" ".join(METHOD_NAMES), help="which methods (space-separated)")

@@ -474,7 +474,8 @@ def positive_int(text: str) -> int:
 
 
 def main(argv=None, commands: Optional[Sequence[str]] = None) -> int:
-    """The sweep's command line; ``commands`` (the run list, from ``experiments/orchestration/plan.py``) replaces ``--runs``."""
+    """The sweep's command line; ``commands`` (the run list, from ``experiments/orchestration/run_all.py``) replaces
+    ``--runs``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="-", help="file with one command line per run ('-': standard input)")
     parser.add_argument("--out", default="results", help="results root of the runs (logs go to OUT/logs)")

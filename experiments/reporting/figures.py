@@ -27,8 +27,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from experiments.reporting.tables import report_selection
-from experiments.storage.results_io import (RUN_FILES, SPLIT, STEP, TRAIN_SPLIT, RunError, RunFolder, p_column, read_json,
-                                    read_metrics, save_figure, select_runs, weight_column)
+from experiments.storage.results_io import (RUN_FILES, SPLIT, STEP, TRAIN_SPLIT, RunError, RunFolder, p_column,
+                                            read_json, read_metrics, save_figure, select_runs, weight_column)
 
 log = logging.getLogger("make_figures")
 

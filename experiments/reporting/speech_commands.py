@@ -28,8 +28,8 @@ from typing import Dict, List, Optional
 import pandas as pd
 
 from data.speech_commands import WORDS
-from experiments.storage.results_io import (PAPER_DIR, RunError, RunFolder, read_json, read_metrics, run_finished, select_runs,
-                                    write_frame, write_text)
+from experiments.storage.results_io import (PAPER_DIR, RunError, RunFolder, read_json, read_metrics, run_finished,
+                                            select_runs, write_frame, write_text)
 from methods import METHOD_NAMES, METHODS
 
 log = logging.getLogger("tables_speech_commands")

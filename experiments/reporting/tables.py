@@ -32,13 +32,12 @@ import pandas as pd
 
 from methods import METHOD_NAMES, METHODS
 from experiments.orchestration.plan import Table, tables
-from experiments.training.benchmarks import CITYSCAPES_TASKS, NYUV2_TASKS
+from experiments.training.benchmarks import BENCHMARK_TASKS
 from experiments.training.metrics import delta_m
-from experiments.storage.results_io import (PAPER_DIR, RUN_FILES, RunError, RunFolder, read_json, read_metrics, run_finished,
-                                    select_runs, write_text)
+from experiments.storage.results_io import (PAPER_DIR, RUN_FILES, RunError, RunFolder, read_json, read_metrics,
+                                            run_finished, select_runs, write_text)
 
 log = logging.getLogger("make_tables")
-TASKS = {"nyuv2": NYUV2_TASKS, "cityscapes": CITYSCAPES_TASKS}  # the benchmarks with tables declared in the plan
 LAST_EVALUATIONS = 10
 # our method folder → the paper's row name (each method's declared ``label``), in the registry's (the paper's) order
 PAPER_ROWS = {name: METHODS[name].label for name in METHOD_NAMES}
@@ -48,7 +47,7 @@ def table_columns(table: Table) -> Dict[str, bool]:
     """The table's metric columns → higher is better: its declared ``columns``, else every table metric of its
     benchmark's tasks (``Task.columns(table_only=True)``: NYUv2 9 columns, Cityscapes 5)."""
     columns: Dict[str, bool] = {}
-    for task in TASKS[table.benchmark]:
+    for task in BENCHMARK_TASKS[table.benchmark]:
         columns.update(task.columns(table_only=True))
     if table.columns is None:
         return columns

@@ -29,10 +29,11 @@ from methods import METHODS, canonical_name, get_method, method_settings
 
 from .benchmarks import Benchmark
 from experiments.storage.sinks import open_sinks
-from experiments.storage.results_io import (LR, ROUND, RUN_FILES, RUN_RECORD_ENV, SECONDS, SPLIT, STEP, TRAIN_SPLIT, RunError,
-                         RunFolder, RunLock, loss_column, p_column, weight_column, check_metrics, environment, identity_difference,
-                         identity_digest, load_checkpoint, move_aside, read_json, remove_stale_temporaries,
-                         run_identity, save_checkpoint, write_json, write_rows)
+from experiments.storage.results_io import (LR, ROUND, RUN_FILES, RUN_RECORD_ENV, SECONDS, SPLIT, STEP, TRAIN_SPLIT,
+                                            RunError, RunFolder, RunLock, loss_column, p_column, weight_column,
+                                            check_metrics, environment, identity_difference, identity_digest,
+                                            load_checkpoint, move_aside, read_json, remove_stale_temporaries,
+                                            run_identity, save_checkpoint, write_json, write_rows)
 
 log = logging.getLogger("auxinash")
 
@@ -123,7 +124,7 @@ def train(benchmark: Benchmark, config: TrainConfig) -> str:
 
 
 def record_run_directory(run_dir: str) -> None:
-    """Add ``run_dir`` to the file named by ``$AUXINASH_RUN_RECORD``, if set: how ``experiments/orchestration/sweep.py`` learns
+    """Add ``run_dir`` to the file named by ``$AUXINASH_RUN_RECORD``, if set: how ``orchestration/sweep.py`` learns
     which run folders a command line trains, without changing the command line."""
     record = os.environ.get(RUN_RECORD_ENV)
     if not record:

@@ -10,7 +10,11 @@ from .multimnist_aux import MultiMnistAuxBenchmark
 from .speech_commands import SPEECH_TASKS, SpeechCNN, SpeechCommandsBenchmark
 from .toy import ToyBenchmark
 
-__all__ = ["Batch", "Benchmark", "is_synthetic", "CIFAR_TASKS", "VIEW_OF_TASK", "CifarSSLBenchmark",
-           "CITYSCAPES_TASKS", "NYUV2_TASKS", "DenseBenchmark", "cityscapes_benchmark", "nyuv2_benchmark",
-           "ToyBenchmark", "MULTIMNIST_TASKS", "MultiMnistBenchmark",
-           "MultiMnistAuxBenchmark", "SPEECH_TASKS", "SpeechCNN", "SpeechCommandsBenchmark"]
+# benchmark name → its tasks, where they are fixed: the columns of its tables (experiments/reporting/tables.py)
+BENCHMARK_TASKS = {"nyuv2": NYUV2_TASKS, "cityscapes": CITYSCAPES_TASKS, "multimnist": MULTIMNIST_TASKS,
+                   "speech_commands": SPEECH_TASKS}
+
+__all__ = ["BENCHMARK_TASKS", "Batch", "Benchmark", "is_synthetic", "CIFAR_TASKS", "VIEW_OF_TASK",
+           "CifarSSLBenchmark", "CITYSCAPES_TASKS", "NYUV2_TASKS", "DenseBenchmark", "cityscapes_benchmark",
+           "nyuv2_benchmark", "ToyBenchmark", "MULTIMNIST_TASKS", "MultiMnistBenchmark", "MultiMnistAuxBenchmark",
+           "SPEECH_TASKS", "SpeechCNN", "SpeechCommandsBenchmark"]
