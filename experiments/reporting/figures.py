@@ -14,7 +14,6 @@ The illustrative example draws its own figure (``experiments/train_toy.py``).
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import logging
 import os
@@ -26,7 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from experiments.reporting.tables import report_selection
+from experiments.reporting.command import results_command
 from experiments.storage.results_io import (RUN_FILES, SPLIT, STEP, TRAIN_SPLIT, RunError, RunFolder, p_column,
                                             read_json, read_metrics, save_figure, select_runs, weight_column)
 
@@ -120,17 +119,7 @@ def make_figures(results: str = "results", include_unfinished: bool = False) -> 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", default="results")
-    parser.add_argument("--include-unfinished", action="store_true",
-                        help="also draw runs that have not finished (for a look at runs in progress)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if not report_selection(args.results, args.include_unfinished, log):
-        return 1
-    for path in make_figures(args.results, args.include_unfinished):
-        log.info("wrote %s", path)
-    return 0
+    return results_command(__doc__, make_figures, log, argv)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,10 @@ Writes ``tables/multimnist.md`` and ``.csv`` and ``figures/multimnist_figure2.pn
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
-from typing import Callable, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 
 import matplotlib
@@ -24,8 +23,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from experiments.storage.results_io import (RUN_FILES, find_runs, read_json, run_finished, save_figure, write_frame,
-                                    write_text)
+from experiments.storage.results_io import (RUN_FILES, RunError, read_json, read_metrics, save_figure, select_runs,
+                                            write_frame, write_text)
+from experiments.reporting.command import results_command, write_outputs
 from methods import canonical_name
 
 log = logging.getLogger("figures_multimnist")
@@ -45,19 +45,23 @@ def best_val_point(rows: pd.DataFrame) -> dict:
             "rounds": int(val.index.max()) + 1}
 
 
+def run_records(results: str, benchmark: str, finished_only: bool = True) -> Iterator[Tuple[str, dict, pd.DataFrame]]:
+    """(run folder, config.json, metrics.csv) of each finished run of ``benchmark`` (each run with a metrics.csv
+    when not ``finished_only``); a run whose files cannot be read is named in a warning and left out."""
+    for run_dir in select_runs(results, benchmark, include_unfinished=not finished_only)[0]:
+        try:
+            yield (run_dir, read_json(os.path.join(run_dir, RUN_FILES["config"])),
+                   read_metrics(os.path.join(run_dir, RUN_FILES["metrics"])))
+        except (OSError, ValueError, RunError) as error:
+            log.warning("skipping %s: %s", run_dir, error)
+
+
 def collect_points(results: str, finished_only: bool = True) -> pd.DataFrame:
     """One row per run: family, preference (p₁ or w₁; NaN for Nash-MTL), seed, the best-val point, config."""
     points = []
-    for run_dir in find_runs(results, BENCHMARK):
-        path = os.path.join(run_dir, RUN_FILES["metrics"])
-        if not os.path.exists(path):
-            continue
-        if finished_only and not run_finished(run_dir)[0]:
-            log.info("skipping the unfinished run %s", run_dir)
-            continue
-        config = read_json(os.path.join(run_dir, RUN_FILES["config"]))
+    for run_dir, config, rows in run_records(results, BENCHMARK, finished_only):
         try:
-            point = best_val_point(pd.read_csv(path))
+            point = best_val_point(rows)
         except (KeyError, ValueError) as error:
             log.warning("skipping %s: %s", run_dir, error)
             continue
@@ -197,28 +201,8 @@ def wrap(text: str, width: int) -> List[str]:
     return textwrap.wrap(text, width)
 
 
-def write_outputs(results: str, collect: Callable[[str], pd.DataFrame], *writers) -> List[str]:
-    """Collect the runs under ``results`` once and hand them to each writer (``writer(results, runs)`` → the
-    paths it wrote); nothing when there are no runs."""
-    runs = collect(results)
-    if runs.empty:
-        return []
-    return [path for writer in writers for path in writer(results, runs)]
-
-
-def make_all(results: str = "results") -> List[str]:
-    return write_outputs(results, collect_points, write_table, draw_figure)
-
-
-def results_command(description: str, make: Callable[[str], List[str]], logger: logging.Logger, argv=None) -> int:
-    """A report's command line: ``--results DIR``; logs each file ``make(DIR)`` writes."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", default="results")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    for path in make(args.results):
-        logger.info("wrote %s", path)
-    return 0
+def make_all(results: str = "results", include_unfinished: bool = False) -> List[str]:
+    return write_outputs(results, collect_points, write_table, draw_figure, include_unfinished=include_unfinished)
 
 
 def main(argv=None) -> int:

@@ -31,9 +31,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from experiments.storage.results_io import (RUN_FILES, SPLIT, TRAIN_SPLIT, find_runs, p_column, read_json, run_finished,
-                                    save_figure, weight_column, write_frame, write_text)
-from experiments.reporting.multimnist import results_command, write_outputs
+from experiments.storage.results_io import (RUN_FILES, SPLIT, TRAIN_SPLIT, p_column, save_figure, weight_column,
+                                            write_frame, write_text)
+from experiments.reporting.command import results_command, write_outputs
+from experiments.reporting.multimnist import run_records
 from methods import METHOD_NAMES, METHODS, canonical_name
 
 log = logging.getLogger("figures_multimnist_aux")
@@ -54,15 +55,7 @@ def best_val(rows: pd.DataFrame) -> dict:
 def collect_runs(results: str, finished_only: bool = True) -> pd.DataFrame:
     """One row per run: method, auxiliary set, seed, tasks, the best-val point, the last epoch's p and weights."""
     runs = []
-    for run_dir in find_runs(results, BENCHMARK):
-        path = os.path.join(run_dir, RUN_FILES["metrics"])
-        if not os.path.exists(path):
-            continue
-        if finished_only and not run_finished(run_dir)[0]:
-            log.info("skipping the unfinished run %s", run_dir)
-            continue
-        config = read_json(os.path.join(run_dir, RUN_FILES["config"]))
-        rows = pd.read_csv(path)
+    for run_dir, config, rows in run_records(results, BENCHMARK, finished_only):
         try:
             point = best_val(rows)
         except (KeyError, ValueError) as error:
@@ -273,8 +266,8 @@ def draw_figure(results: str, runs: Optional[pd.DataFrame] = None) -> List[str]:
     return [path]
 
 
-def make_all(results: str = "results") -> List[str]:
-    return write_outputs(results, collect_runs, write_table, draw_figure)
+def make_all(results: str = "results", include_unfinished: bool = False) -> List[str]:
+    return write_outputs(results, collect_runs, write_table, draw_figure, include_unfinished=include_unfinished)
 
 
 def main(argv=None) -> int:

@@ -18,7 +18,6 @@ listed in a warning and in the table's caption; ``--include-unfinished`` shows r
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import logging
 import math
@@ -32,6 +31,7 @@ import pandas as pd
 
 from methods import METHOD_NAMES, METHODS
 from experiments.orchestration.plan import Table, tables
+from experiments.reporting.command import results_command
 from experiments.training.benchmarks import BENCHMARK_TASKS
 from experiments.training.metrics import delta_m
 from experiments.storage.results_io import (PAPER_DIR, RUN_FILES, RunError, RunFolder, read_json, read_metrics,
@@ -267,34 +267,8 @@ def make_tables(results: str = "results", include_unfinished: bool = False) -> L
     return written
 
 
-def report_selection(results: str, include_unfinished: bool, logger: logging.Logger) -> bool:
-    """Log what tables and figures leave out (or that there is nothing); False when there is nothing to use."""
-    used, left_out = select_runs(results, "*", include_unfinished)
-    if not used and not left_out:
-        logger.error("no runs found under %s", results)
-        return False
-    if left_out:
-        logger.warning("leaving out %d unfinished run(s) (--include-unfinished to show them): %s", len(left_out),
-                       "; ".join(f"{os.path.relpath(d, results)} ({why})" for d, why in left_out))
-    if not used:
-        logger.error("no finished runs under %s (%d unfinished; pass --include-unfinished for a look at them)",
-                     results, len(left_out))
-        return False
-    return True
-
-
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", default="results", help="results root")
-    parser.add_argument("--include-unfinished", action="store_true",
-                        help="also use runs that have not finished (for a look at runs in progress; tables say so)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if not report_selection(args.results, args.include_unfinished, log):
-        return 1
-    for path in make_tables(args.results, args.include_unfinished):
-        log.info("wrote %s", path)
-    return 0
+    return results_command(__doc__, make_tables, log, argv)
 
 
 if __name__ == "__main__":
