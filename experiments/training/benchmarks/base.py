@@ -93,6 +93,22 @@ class Benchmark:
         raise NotImplementedError
 
     @torch.no_grad()
+    def evaluate_one_head(self, model: MultiTaskModel, data: Any, task: Task, head: str,
+                          input_key: str = "image") -> Dict[str, Dict[str, float]]:
+        """``evaluate`` of ``task`` alone (a main task whose auxiliaries have no metric): ``model.heads[head]`` on
+        the shared features of ``batch[input_key]``, target ``batch[task.key]``, per split ("val", "test") of
+        ``data.eval_batches``, as ``metric_column(task.name, metric)`` columns."""
+        model.eval()
+        results = {}
+        for split in ("val", "test"):
+            accumulator = task.accumulator()
+            for batch in data.eval_batches(split):
+                accumulator.update(model.heads[head](model.encode(batch[input_key])).float(), batch[task.key])
+            results[split] = {metric_column(task.name, k): v for k, v in accumulator.result().items()}
+        model.train()
+        return results
+
+    @torch.no_grad()
     def evaluate_heads(self, model: MultiTaskModel, data: Any, input_key: str,
                        accumulator: Callable[[Task], Any] = lambda task: task.accumulator(),
                        splits: Tuple[str, ...] = ("val", "test")) -> Dict[str, Dict[str, float]]:

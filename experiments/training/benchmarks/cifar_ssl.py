@@ -155,17 +155,8 @@ class CifarSSLBenchmark(Benchmark):
                 losses.append(1 - F.cosine_similarity(student, teacher, dim=1).mean())
         return torch.stack(losses), features
 
-    @torch.no_grad()
     def evaluate(self, model):
-        model.eval()
-        results = {}
-        for split in ("val", "test"):
-            accuracy = self.tasks[0].accumulator()
-            for batch in self.data.eval_batches(split):
-                accuracy.update(model.heads["classification"](model.encode(batch["image"])).float(), batch["label"])
-            results[split] = {f"cls_{k}": v for k, v in accuracy.result().items()}
-        model.train()
-        return results
+        return self.evaluate_one_head(model, self.data, self.tasks[0], "classification")
 
     def state_dict(self):
         return {**self.data.state_dict(), "fresh_generator": self.fresh_generator.get_state()}

@@ -29,7 +29,6 @@ from data.multimnist import MultiMnist
 from ..tasks import Task
 from .base import Batch
 from .multimnist import MultiMnistBenchmark
-from experiments.storage.results_io import metric_column
 
 MAIN_TASK = Task("left", "left", "classification", 10)
 AUXILIARIES = ("right", "noise", "rotation")
@@ -113,17 +112,8 @@ class MultiMnistAuxBenchmark(MultiMnistBenchmark):
                 losses.append(task.loss(model.heads["rotation"](model.encode(rotated)), angles))
         return torch.stack(losses), features
 
-    @torch.no_grad()
     def evaluate(self, model):
-        model.eval()
-        results = {}
-        for split in ("val", "test"):
-            accuracy = MAIN_TASK.accumulator()
-            for batch in self.data.eval_batches(split):
-                accuracy.update(model.heads["left"](model.encode(batch["image"])).float(), batch["left"])
-            results[split] = {metric_column(MAIN_TASK.name, k): v for k, v in accuracy.result().items()}
-        model.train()
-        return results
+        return self.evaluate_one_head(model, self.data, MAIN_TASK, "left")
 
     def state_dict(self):
         return {**self.data.state_dict(), "rotation_generator": self.rotation_generator.get_state()}
