@@ -162,3 +162,16 @@ def test_every_setting_is_a_frozen_dataclass_field():
         settings = METHODS[name].Settings
         assert dataclasses.is_dataclass(settings) and settings.__dataclass_params__.frozen, name
     assert methods.method_settings("ls") == methods.method_settings("equal")
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_the_method_flag_namespace_is_reserved(script, monkeypatch):
+    """``--<method>-…`` belongs to the generated flags: a script's own flag named like one (which would read as a
+    method setting that no method declares) fails here rather than confusing a user."""
+    parser = script_parser(SCRIPTS[script], monkeypatch)
+    declared = {f"--{name}-{field.name.replace('_', '-')}" for name in METHOD_NAMES
+                for field in setting_fields(METHODS[name].Settings) if field.metadata["cli"]}
+    for action in parser._actions:
+        for option in action.option_strings:
+            if any(option.startswith(f"--{name}-") for name in METHOD_NAMES):
+                assert option in declared, f"{script}: {option} sits in a method's flag namespace"
