@@ -63,3 +63,19 @@ def test_multimnist_reference_table_rereads_byte_identical(tmp_path):
     figures_multimnist.write_table(str(copy))
     for name in ("multimnist.md", "multimnist.csv"):
         assert filecmp.cmp(copy / "tables" / name, os.path.join(source, "tables", name), shallow=False), name
+
+
+def test_multimnist_reports_follow_include_unfinished(tmp_path):
+    """make_tables passes --include-unfinished to the Multi-MNIST table, and its caption names what it left out
+    (a run without status.json is unfinished)."""
+    from experiments.reporting import tables
+    reference = os.path.join(ROOT, "results", "reference", "multimnist")
+    shutil.copytree(reference, tmp_path / "r", ignore=shutil.ignore_patterns("tables", "figures"))
+    runs = sorted(p for p in (tmp_path / "r" / "multimnist").glob("*/main-*/seed*"))
+    os.remove(runs[0] / "status.json")
+    tables.make_tables(str(tmp_path / "r"))
+    finished = open(tmp_path / "r" / "tables" / "multimnist.md").read()
+    tables.make_tables(str(tmp_path / "r"), include_unfinished=True)
+    everything = open(tmp_path / "r" / "tables" / "multimnist.md").read()
+    assert "Left out 1 unfinished run(s)" in finished and "INCLUDES 1 UNFINISHED RUN(S)" in everything
+    assert everything.count("\n| ") == finished.count("\n| ") + 1

@@ -96,3 +96,16 @@ def test_experiments_layers():
                 assert layer_of(imported) <= layer_of(module), f"{module} imports the higher layer {imported}"
         if module != "experiments" and layer_of(module) == len(LAYERS) - 1:
             assert "." not in module[len("experiments."):], f"{module}: a module below experiments/ belongs to a layer"
+
+
+def test_scripts_beside_the_results_import_what_exists():
+    """The small summary scripts kept next to reference results (results/reference/*/*.py) import names that
+    exist in the current tree (ruff skips results/, so a move of a module would otherwise go unnoticed)."""
+    import glob
+    import importlib
+    for path in glob.glob(os.path.join(ROOT, "results", "**", "*.py"), recursive=True):
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    assert hasattr(module, alias.name), f"{path}: {node.module} has no {alias.name}"

@@ -27,13 +27,14 @@ FIGURE2_PREFERENCES = ("0.01", "0.1", "0.2", "0.25", "0.4", "0.5", "0.6", "0.75"
 
 @dataclass
 class Context:
-    """What a grid depends on: the chosen methods and seeds, quick mode, ablations, the data root."""
+    """What a grid depends on: the chosen methods and seeds, quick mode, the ablations to run (the benchmark's
+    ``BenchmarkPlan.ablations`` under ``--ablations``, else none), the data root."""
 
     methods: Sequence[str]
     seeds: Sequence[str]
     seeds_given: bool
     quick: bool
-    ablations: bool
+    ablations: Tuple["Ablation", ...]
     root: str
     synthetic: str  # quick mode's synthetic datasets folder
 
@@ -45,7 +46,8 @@ class BenchmarkPlan:
     ``grid(context)`` yields each run's arguments after the script (without ``--out``/``--resume``/``--force``/
     ``--device``, which the plan adds). ``has_data(root)`` says whether the dataset is there; ``missing`` is the
     message when it is not. ``whole_list`` marks a benchmark whose script trains every method and seed in one
-    invocation (the toy example: no ``--resume``/``--device``)."""
+    invocation (the toy example: no ``--resume``/``--device``). ``ablations`` are the runs ``--ablations`` adds
+    (the grid yields them through ``ablation_runs``) and the rows their tables read (``ablation_rows``)."""
 
     name: str
     script: str
@@ -58,6 +60,7 @@ class BenchmarkPlan:
     synthetic_folder: Optional[str] = None  # its root under quick mode's synthetic folder
     whole_list: bool = False
     default: bool = True  # in ./run_all.sh's default --benchmarks
+    ablations: Tuple["Ablation", ...] = ()
 
 
 # -- the SegNet benchmarks (NYUv2, Cityscapes) ---------------------------------------------------------------------
@@ -100,6 +103,15 @@ def dense_ablations(benchmark: str) -> Tuple[Ablation, ...]:
     return ablations
 
 
+def ablation_runs(ctx: Context, settings: Args, tasks: Sequence[str], seed: str) -> Iterator[Args]:
+    """One seed's runs of ``ctx.ablations``: a ``per_task`` ablation once per main task, the others once with the
+    first task as main task (segmentation on NYUv2 and Cityscapes: the paper's Table 3)."""
+    runs = [(a, tasks[0]) for a in ctx.ablations if not a.per_task]
+    runs += [(a, task) for task in tasks for a in ctx.ablations if a.per_task]
+    for a, task in runs:
+        yield (*settings, "--method", a.method, "--main-task", task, *a.flags, "--tag", a.tag, "--seed", seed)
+
+
 def dense_tasks(benchmark: str, root: str) -> Tuple[str, ...]:
     """The tasks of a dense benchmark (the MTAN Cityscapes release has seg and depth only)."""
     if benchmark == "cityscapes":
@@ -118,13 +130,7 @@ def dense_grid(benchmark: str) -> Callable[[Context], Iterator[Args]]:
                 else:
                     for task in tasks:
                         yield (*settings, "--method", method, "--main-task", task, "--seed", seed)
-            if ctx.ablations:
-                ablations = dense_ablations(benchmark)
-                runs = [(a, "seg") for a in ablations if not a.per_task]
-                runs += [(a, task) for task in tasks for a in ablations if a.per_task]
-                for a, task in runs:
-                    yield (*settings, "--method", a.method, "--main-task", task, *a.flags, "--tag", a.tag,
-                           "--seed", seed)
+            yield from ablation_runs(ctx, settings, tasks, seed)
     return grid
 
 
@@ -222,11 +228,13 @@ def toy_grid(ctx: Context) -> Iterator[Args]:
 PLANS: Dict[str, BenchmarkPlan] = {plan.name: plan for plan in (
     BenchmarkPlan("nyuv2", "experiments/train_nyuv2.py", "--nyuv2-root", "NYUV2_ROOT", "data_cache/nyuv2",
                   dense_grid("nyuv2"), lambda root: os.path.isdir(os.path.join(root, "train")),
-                  "no dataset at {root} (see README, section Data)", synthetic_folder="nyuv2"),
+                  "no dataset at {root} (see README, section Data)", synthetic_folder="nyuv2",
+                  ablations=dense_ablations("nyuv2")),
     BenchmarkPlan("cityscapes", "experiments/train_cityscapes.py", "--cityscapes-root", "CITYSCAPES_ROOT",
                   "data_cache/cityscapes", dense_grid("cityscapes"),
                   lambda root: os.path.isdir(os.path.join(root, "train")),
-                  "no dataset at {root} (see README, section Data)", synthetic_folder="cityscapes"),
+                  "no dataset at {root} (see README, section Data)", synthetic_folder="cityscapes",
+                  ablations=dense_ablations("cityscapes")),
     BenchmarkPlan("cifar10_ssl", "experiments/train_cifar_ssl.py", "--cifar10-root", "CIFAR10_ROOT",
                   "data_cache/cifar10", cifar_grid,
                   lambda root: os.path.isdir(os.path.join(root, "cifar-10-batches-py")),
@@ -282,7 +290,7 @@ def method_rows() -> Tuple[TableRow, ...]:
 
 def ablation_rows(benchmark: str, table: str = "", tag: str = "") -> Tuple[TableRow, ...]:
     """The rows of ``benchmark``'s ablations of one ``table`` (or the one with ``tag``), in the plan's order."""
-    return tuple(TableRow(a.label, a.folder, a.label) for a in dense_ablations(benchmark)
+    return tuple(TableRow(a.label, a.folder, a.label) for a in PLANS[benchmark].ablations
                  if a.table == table or a.tag == tag)
 
 

@@ -11,8 +11,10 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from data.common import SYNTHETIC_MARKER
+from experiments.orchestration.sweep import sweep_parser
+from experiments.training.cli import HelpFormatter
 from experiments.orchestration.plan import DEFAULT_BENCHMARKS, PLANS, Args, BenchmarkPlan, Context
-from methods import METHOD_NAMES
+from methods import METHOD_NAMES, canonical_name
 
 
 def roots(args: argparse.Namespace) -> Dict[str, str]:
@@ -46,6 +48,10 @@ def build_commands(args: argparse.Namespace, list_only: bool) -> Tuple[List[str]
         data_roots = {name: os.path.join(synthetic, plan.synthetic_folder)
                       for name, plan in PLANS.items() if plan.synthetic_folder}
     seeds = args.seeds.split() if args.seeds else (["0"] if args.quick else ["0", "1", "2"])
+    try:  # registry names (aliases such as ls or nash_mtl accepted), so that the grids see multi-task methods
+        methods = [canonical_name(name) for name in args.methods.split()]
+    except ValueError as error:
+        raise SystemExit(f"argument --methods: {error}") from None
     commands, skipped = [], 0
     for name in args.benchmarks.split():
         if name not in PLANS:
@@ -56,8 +62,8 @@ def build_commands(args: argparse.Namespace, list_only: bool) -> Tuple[List[str]
             print(f"SKIPPED {name}: {plan.missing.format(root=root)}", file=sys.stderr)
             skipped += 1
             continue
-        context = Context(methods=args.methods.split(), seeds=seeds, seeds_given=bool(args.seeds), quick=args.quick,
-                          ablations=args.ablations, root=root, synthetic=synthetic)
+        context = Context(methods=methods, seeds=seeds, seeds_given=bool(args.seeds), quick=args.quick,
+                          ablations=plan.ablations if args.ablations else (), root=root, synthetic=synthetic)
         commands += [command(python, plan, run, args) for run in plan.grid(context)]
     return commands, skipped
 
@@ -74,17 +80,18 @@ def write_synthetic(out: str) -> None:
 
 
 SWEEP_FLAGS = ("launcher", "jobs", "gpus", "partition", "gpus_per_run", "cpus_per_run", "mem", "time", "account",
-               "qos", "max_parallel")
+               "qos", "max_parallel", "max_requeues", "job_name")  # the sweep's launching options
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_all.sh", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="The experiment plan: per benchmark, its script, data root, run "
-                                "grid, quick-mode settings and ablations. Reproduce the paper's tables: every "
-                                "benchmark x method x main task x seed, then the tables and figures.")
-    p.add_argument("--benchmarks", default=" ".join(DEFAULT_BENCHMARKS), help="which benchmarks (space-separated)")
+    p = argparse.ArgumentParser(prog="run_all.sh", formatter_class=HelpFormatter,
+                                description="Reproduce the paper's tables: every run of the experiment plan\n"
+                                "(experiments/orchestration/plan.py: benchmark x method x main task x seed),\n"
+                                "launched by experiments/sweep.py, then the tables and figures.")
+    p.add_argument("--benchmarks", default=" ".join(DEFAULT_BENCHMARKS),
+                   help=f"which benchmarks, space-separated, of: {' '.join(PLANS)}")
     p.add_argument("--methods", default=" ".join(METHOD_NAMES), help="which methods (space-separated)")
-    p.add_argument("--seeds", default="", help='seeds (default: "0 1 2"; --quick: 0)')
+    p.add_argument("--seeds", default=None, help='seeds (default: "0 1 2"; --quick: 0)')
     p.add_argument("--ablations", action="store_true", help="add the ablation runs (fixed p, learning rate of p, "
                    "held-out aux set)")
     p.add_argument("--quick", action="store_true", help="every run at tiny settings on synthetic layouts, CPU")
@@ -92,21 +99,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="train every run again from scratch (old run folders are "
                    "moved aside)")
     p.add_argument("--out", default="results", help="results root; logs in OUT/logs, named by run")
-    p.add_argument("--device", default="", help="torch device passed to every run (default: the scripts' choice)")
+    p.add_argument("--device", default=None, help="torch device passed to every run (default: the scripts' choice)")
     roots_of: Dict[str, List[str]] = {}
     for plan in PLANS.values():
         if plan.root_flag:
             roots_of.setdefault(plan.root_flag, []).append(plan.name)
     for flag, names in roots_of.items():  # benchmarks on the same data share one flag (multimnist, multimnist_aux)
         env = next(plan.env for plan in PLANS.values() if plan.root_flag == flag)
-        p.add_argument(flag, default="", help=f"data root of {', '.join(names)} (or {env})")
+        default_root = next(plan.default_root for plan in PLANS.values() if plan.root_flag == flag)
+        p.add_argument(flag, default=None, help=f"data root of {', '.join(names)} (default: ${env}, else "
+                                                f"{default_root})")
     p.add_argument("--status", action="store_true", help="where every run of the list stands; exit 1 if any failed")
     p.add_argument("--tables", action="store_true", help="only write tables and figures (finished runs)")
     p.add_argument("--include-unfinished", action="store_true", help="with --tables: runs in progress too")
-    sweep = p.add_argument_group("launching (passed to experiments/sweep.py)")
-    sweep.add_argument("--launcher", default="sequential", help="sequential, local or slurm")
-    for flag in SWEEP_FLAGS[1:]:
-        sweep.add_argument(f"--{flag.replace('_', '-')}", default=None)
+    launching = p.add_argument_group("launching (passed to experiments/sweep.py, which defines them)")
+    for action in sweep_parser()._actions:
+        if action.dest in SWEEP_FLAGS:
+            launching.add_argument(*action.option_strings, dest=action.dest, default=None, choices=action.choices,
+                                   help=action.help)
     return p
 
 

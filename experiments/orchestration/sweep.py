@@ -473,9 +473,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-def main(argv=None, commands: Optional[Sequence[str]] = None) -> int:
-    """The sweep's command line; ``commands`` (the run list, from ``experiments/orchestration/run_all.py``) replaces
-    ``--runs``."""
+def sweep_parser() -> argparse.ArgumentParser:
+    """The sweep's command line (``./run_all.sh`` offers its launching options with the same help)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="-", help="file with one command line per run ('-': standard input)")
     parser.add_argument("--out", default="results", help="results root of the runs (logs go to OUT/logs)")
@@ -502,11 +501,21 @@ def main(argv=None, commands: Optional[Sequence[str]] = None) -> int:
     slurm.add_argument("--max-requeues", type=positive_int, default=20,
                        help="requeues after reaching the time limit (preemptions do not count)")
     slurm.add_argument("--job-name", default="auxinash")
+    return parser
+
+
+def main(argv=None, commands: Optional[Sequence[str]] = None) -> int:
+    """The sweep's command line; ``commands`` (the run list, from ``experiments/orchestration/run_all.py``) replaces
+    ``--runs``."""
+    parser = sweep_parser()
     args = parser.parse_args(argv)
     if args.gpus_per_run < 0:
         parser.error(f"argument --gpus-per-run: must be ≥ 0, got {args.gpus_per_run}")
     if args.tables:
         return make_tables_and_figures(args.out, args.include_unfinished)
+    if commands is None and args.runs == "-" and sys.stdin.isatty():
+        parser.error("give the run list: --runs FILE (one command line per run), or pipe it in "
+                     "(./run_all.sh --dry-run | python experiments/sweep.py --runs - ...)")
     commands = list(commands) if commands is not None else read_commands(args.runs)
     if args.status:
         return 1 if status(args.out, commands)["failed"] else 0

@@ -1,13 +1,14 @@
-"""What the reporting commands share: the ``--results DIR [--include-unfinished]`` command line, the log line on
-the runs left out, and one collection of runs handed to each of a report's writers."""
+"""What the reporting commands share: the ``--results DIR [--include-unfinished]`` command line (every report but
+Speech Commands', which adds ``--selection``), the log line and the caption sentence on the runs left out, and one
+collection of runs handed to each of a report's writers."""
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-from typing import Callable, List
+from typing import Callable, List, Sequence
 
-from experiments.storage.results_io import select_runs
+from experiments.storage.results_io import run_finished, select_runs
 
 
 def report_selection(results: str, include_unfinished: bool, logger: logging.Logger) -> bool:
@@ -26,13 +27,30 @@ def report_selection(results: str, include_unfinished: bool, logger: logging.Log
     return True
 
 
+def left_out_note(results: str, benchmarks: Sequence[str], include_unfinished: bool) -> str:
+    """The caption's sentence on the runs left out (unfinished), or on unfinished runs included."""
+    notes = []
+    for benchmark in benchmarks:
+        used, left_out = select_runs(results, benchmark, include_unfinished)
+        if include_unfinished:
+            notes += [os.path.relpath(d, results) for d in used if not run_finished(d)[0]]
+        else:
+            notes += [f"{os.path.relpath(d, results)} ({why})" for d, why in left_out]
+    if not notes:
+        return ""
+    if include_unfinished:
+        return f" INCLUDES {len(notes)} UNFINISHED RUN(S): {', '.join(notes)}."
+    return f" Left out {len(notes)} unfinished run(s): {', '.join(notes)}."
+
+
 def write_outputs(results: str, collect: Callable, *writers, include_unfinished: bool = False) -> List[str]:
     """Collect the runs under ``results`` once (``collect(results, finished_only)``, a DataFrame) and hand them to
-    each writer (``writer(results, runs)`` → the paths it wrote); nothing when there are no runs."""
+    each writer (``writer(results, runs, include_unfinished=...)`` → the paths it wrote); nothing when there are
+    no runs."""
     runs = collect(results, not include_unfinished)
     if runs.empty:
         return []
-    return [path for writer in writers for path in writer(results, runs)]
+    return [path for writer in writers for path in writer(results, runs, include_unfinished=include_unfinished)]
 
 
 def results_command(description: str, make: Callable[[str, bool], List[str]], logger: logging.Logger,

@@ -112,9 +112,9 @@ def make_figures(results: str = "results", include_unfinished: bool = False) -> 
             if draw(results, benchmark, path, include_unfinished):
                 written.append(path)
     from experiments.reporting.multimnist import draw_figure  # Multi-MNIST's Figure 2
-    written += draw_figure(results)
+    written += draw_figure(results, include_unfinished=include_unfinished)
     from experiments.reporting.multimnist_aux import draw_figure as draw_aux_figure  # issue 23: p and weights
-    written += draw_aux_figure(results)
+    written += draw_aux_figure(results, include_unfinished=include_unfinished)
     return written
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 
 from experiments.storage.results_io import (RUN_FILES, RunError, read_json, read_metrics, save_figure, select_runs,
                                             write_frame, write_text)
-from experiments.reporting.command import results_command, write_outputs
+from experiments.reporting.command import left_out_note, results_command, write_outputs
 from methods import canonical_name
 
 log = logging.getLogger("figures_multimnist")
@@ -105,7 +105,8 @@ def family_summary(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def caption(points: pd.DataFrame) -> str:
+def caption(points: pd.DataFrame, note: str = "") -> str:
+    """The table's and the figure's caption; ``note``: the sentence on runs left out or included unfinished."""
     first = points.iloc[0]
     notes = sorted(set(points.data_note.dropna()) - {""})
     devices = ", ".join(sorted(set(points.device)))
@@ -117,13 +118,14 @@ def caption(points: pd.DataFrame) -> str:
         text += " " + "; ".join(notes) + "."
     if (points.preset != first.preset).any():
         text += " MIXED PRESETS: " + ", ".join(sorted(set(points.preset))) + "."
+    text += note
     if points.synthetic.any():  # digits written by data.synthetic (as make_tables marks the other tables)
         text = "SYNTHETIC SMOKE RUN, not comparable to the paper. " + text
     return text
 
 
-def write_table(results: str, points: Optional[pd.DataFrame] = None) -> List[str]:
-    points = collect_points(results) if points is None else points
+def write_table(results: str, points: Optional[pd.DataFrame] = None, include_unfinished: bool = False) -> List[str]:
+    points = collect_points(results, not include_unfinished) if points is None else points
     if points.empty:
         return []
     out = os.path.join(results, "tables")
@@ -132,7 +134,7 @@ def write_table(results: str, points: Optional[pd.DataFrame] = None) -> List[str
     ordered = ordered.sort_values(["order", "preference", "seed"]).drop(columns="order")
     csv_path = os.path.join(out, "multimnist.csv")
     write_frame(csv_path, ordered)
-    lines = [caption(points), "",
+    lines = [caption(points, left_out_note(results, [BENCHMARK], include_unfinished)), "",
              "| method | p₁ / w₁ | seed | task 1 (left) test acc | task 2 (right) test acc | best epoch |",
              "|---|---|---|---|---|---|"]
     for _, row in ordered.iterrows():
@@ -154,8 +156,8 @@ def write_table(results: str, points: Optional[pd.DataFrame] = None) -> List[str
     return [md_path, csv_path]
 
 
-def draw_figure(results: str, points: Optional[pd.DataFrame] = None) -> List[str]:
-    points = collect_points(results) if points is None else points
+def draw_figure(results: str, points: Optional[pd.DataFrame] = None, include_unfinished: bool = False) -> List[str]:
+    points = collect_points(results, not include_unfinished) if points is None else points
     if points.empty:
         return []
     out = os.path.join(results, "figures")
@@ -187,7 +189,7 @@ def draw_figure(results: str, points: Optional[pd.DataFrame] = None) -> List[str
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="lower left")
     axis.set_title("Multi-MNIST: fixed bargaining powers steer the trade-off", fontsize=10)
-    text = caption(points)
+    text = caption(points, left_out_note(results, [BENCHMARK], include_unfinished))
     figure.text(0.01, 0.005, "\n".join(wrap(text, 110)), fontsize=6.5, va="bottom")
     figure.tight_layout(rect=(0, 0.08, 1, 1))
     path = os.path.join(out, "multimnist_figure2.png")

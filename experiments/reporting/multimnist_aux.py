@@ -33,7 +33,7 @@ import pandas as pd
 
 from experiments.storage.results_io import (RUN_FILES, SPLIT, TRAIN_SPLIT, p_column, save_figure, weight_column,
                                             write_frame, write_text)
-from experiments.reporting.command import results_command, write_outputs
+from experiments.reporting.command import left_out_note, results_command, write_outputs
 from experiments.reporting.multimnist import run_records
 from methods import METHOD_NAMES, METHODS, canonical_name
 
@@ -141,7 +141,8 @@ def ordering(runs: pd.DataFrame, effects: Dict[str, float], min_gap: float = MIN
     return pd.DataFrame(rows)
 
 
-def caption(runs: pd.DataFrame) -> str:
+def caption(runs: pd.DataFrame, note: str = "") -> str:
+    """The table's and the figure's caption; ``note``: the sentence on runs left out or included unfinished."""
     first = runs.iloc[0]
     devices = ", ".join(sorted(set(runs.device)))
     text = (f"Multi-MNIST in auxiliary mode (main task: the top-left digit), preset '{first.preset}': "
@@ -152,6 +153,7 @@ def caption(runs: pd.DataFrame) -> str:
         text += f" Data: {first.data_note}."
     if (runs.preset != first.preset).any():
         text += " MIXED PRESETS: " + ", ".join(sorted(set(runs.preset))) + "."
+    text += note
     if runs.synthetic.any():
         text = "SYNTHETIC SMOKE RUN, not a result. " + text
     return text
@@ -163,8 +165,8 @@ def fmt(value: float, digits: int = 2, sign: bool = False) -> str:
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
-def write_table(results: str, runs: Optional[pd.DataFrame] = None) -> List[str]:
-    runs = collect_runs(results) if runs is None else runs
+def write_table(results: str, runs: Optional[pd.DataFrame] = None, include_unfinished: bool = False) -> List[str]:
+    runs = collect_runs(results, not include_unfinished) if runs is None else runs
     if runs.empty:
         return []
     out = os.path.join(results, "tables")
@@ -174,7 +176,7 @@ def write_table(results: str, runs: Optional[pd.DataFrame] = None) -> List[str]:
     order = ordering(runs, effects)
     csv_path = os.path.join(out, "multimnist_aux.csv")
     write_frame(csv_path, runs.sort_values(["aux_set", "method", "seed"]))
-    lines = [caption(runs), "",
+    lines = [caption(runs, left_out_note(results, [BENCHMARK], include_unfinished)), "",
              "Main-task test accuracy, mean ± std over seeds; Δ STL = mean over seeds of (run − STL of the same seed) "
              "± its std.", "",
              "| auxiliary set | method | seeds | test acc. (%) | Δ STL (points) | seeds above STL |",
@@ -225,10 +227,10 @@ def series(results: str, run: str) -> pd.DataFrame:
     return rows[rows.split == "train"].sort_values("round")
 
 
-def draw_figure(results: str, runs: Optional[pd.DataFrame] = None) -> List[str]:
+def draw_figure(results: str, runs: Optional[pd.DataFrame] = None, include_unfinished: bool = False) -> List[str]:
     """AuxiNash's p per task over training and the weights of GCS, OL-AUX, AuxiLearn (every seed), for the
     auxiliary set with the most auxiliaries that AuxiNash ran."""
-    runs = collect_runs(results) if runs is None else runs
+    runs = collect_runs(results, not include_unfinished) if runs is None else runs
     runs = runs[runs.variant == ""] if not runs.empty else runs  # ablations (other tags) are in the table only
     if runs.empty or not (runs.method == "auxinash").any():
         return []
@@ -255,7 +257,8 @@ def draw_figure(results: str, runs: Optional[pd.DataFrame] = None) -> List[str]:
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, title="task (line style: seed)", title_fontsize=7)
     seeds = sorted(set(chosen[chosen.method == "auxinash"].seed))
-    text = caption(chosen) + f" Auxiliary set {aux_set}; seeds {', '.join(map(str, seeds))} (solid, dashed, dotted)."
+    text = (caption(chosen, left_out_note(results, [BENCHMARK], include_unfinished))
+            + f" Auxiliary set {aux_set}; seeds {', '.join(map(str, seeds))} (solid, dashed, dotted).")
     figure.text(0.01, 0.005, "\n".join(textwrap.wrap(text, 48 * len(panels))), fontsize=6.5, va="bottom")
     figure.tight_layout(rect=(0, 0.09, 1, 1))
     out = os.path.join(results, "figures")

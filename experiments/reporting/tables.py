@@ -31,11 +31,11 @@ import pandas as pd
 
 from methods import METHOD_NAMES, METHODS
 from experiments.orchestration.plan import Table, tables
-from experiments.reporting.command import results_command
+from experiments.reporting.command import left_out_note, results_command
 from experiments.training.benchmarks import BENCHMARK_TASKS
 from experiments.training.metrics import delta_m
 from experiments.storage.results_io import (PAPER_DIR, RUN_FILES, RunError, RunFolder, read_json, read_metrics,
-                                            run_finished, select_runs, write_text)
+                                            select_runs, write_text)
 
 log = logging.getLogger("make_tables")
 LAST_EVALUATIONS = 10
@@ -86,22 +86,6 @@ def collect(results: str, benchmark: str, include_unfinished: bool = False
         except (KeyError, ValueError, IndexError, RunError) as error:
             log.warning("leaving out %s: %s", run_dir, error)
     return found
-
-
-def left_out_note(results: str, benchmarks: Sequence[str], include_unfinished: bool) -> str:
-    """The caption's sentence on the runs left out (unfinished), or on unfinished runs included."""
-    notes = []
-    for benchmark in benchmarks:
-        used, left_out = select_runs(results, benchmark, include_unfinished)
-        if include_unfinished:
-            notes += [os.path.relpath(d, results) for d in used if not run_finished(d)[0]]
-        else:
-            notes += [f"{os.path.relpath(d, results)} ({why})" for d, why in left_out]
-    if not notes:
-        return ""
-    if include_unfinished:
-        return f" INCLUDES {len(notes)} UNFINISHED RUN(S): {', '.join(notes)}."
-    return f" Left out {len(notes)} unfinished run(s): {', '.join(notes)}."
 
 
 def method_seeds(runs: Dict[str, Dict[int, Dict[str, float]]], columns: Sequence[str]) -> Dict[int, Dict[str, float]]:
@@ -259,11 +243,11 @@ def make_tables(results: str = "results", include_unfinished: bool = False) -> L
         write_text(path, text)
         written.append(path)
     from experiments.reporting.multimnist import write_table  # Multi-MNIST: the points of Figure 2
-    written += write_table(results)
+    written += write_table(results, include_unfinished=include_unfinished)
     from experiments.reporting.speech_commands import write_tables as speech_commands_tables  # Tables 5-7
     written += speech_commands_tables(results, include_unfinished)
     from experiments.reporting.multimnist_aux import write_table as write_aux_table  # auxiliary-mode Multi-MNIST
-    written += write_aux_table(results)
+    written += write_aux_table(results, include_unfinished=include_unfinished)
     return written
 
 

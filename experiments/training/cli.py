@@ -77,11 +77,13 @@ def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
                 parser.error(f"argument --{name.replace('_', '-')}: {error}")
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except None (a method flag left to the method's declared default, said in its help)."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The description as written (a script's docstring, its example commands on their own lines); each option's
+    default, except None (an option whose help says what it falls back to, e.g. a method flag left to the method's
+    declared default) and False (a switch)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        return action.help if action.default is None else super()._get_help_string(action)
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
 
 
 def base_parser(description: str, lr: float, meta_every: int = 25) -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ import sys
 
 import pandas as pd
 
-from experiments.figures_multimnist_aux import collect_runs
+from experiments.reporting.multimnist_aux import collect_runs
 
 root, out = sys.argv[1], sys.argv[2]
 runs = collect_runs(root)  # finished runs only
