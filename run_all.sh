@@ -13,7 +13,7 @@
 #   ./run_all.sh --status             # done / running / pending / failed per run, with log paths
 #   ./run_all.sh --tables             # tables and figures from whatever has finished
 #
-# Options: ./run_all.sh --help (from experiments/orchestration/run_all.py). --benchmarks defaults to every benchmark of the plan,
+# Options: ./run_all.sh --help (from experiments/orchestration/run_all.py). --benchmarks defaults to the plan's default benchmarks (all but multimnist_aux),
 # --methods to every method of the registry (methods.METHODS), --seeds to "0 1 2" (--quick: 0); data roots come
 # from --<benchmark>-root flags or the environment (NYUV2_ROOT, CITYSCAPES_ROOT, CIFAR10_ROOT, MNIST_ROOT,
 # SPEECH_COMMANDS_ROOT; MULTIMNIST_PRESET=cpu for Multi-MNIST's CPU preset).

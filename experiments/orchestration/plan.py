@@ -2,13 +2,15 @@
 
 Declarations only: ``./run_all.sh`` (``experiments/orchestration/run_all.py``) turns the grids into command lines
 and hands them to ``experiments/orchestration/sweep.py`` in-process (``sweep.main(..., commands=...)``); the
-tables (``experiments/reporting/tables.py``) read ``tables()``. A run is an argument list. The grids read the
-method registry (``methods.METHODS``: which methods there are, which are multi-task) and the benchmarks' tasks;
-nothing here names a method's settings. An ablation is declared once (``Ablation``): the grid runs it under
+tables (``experiments/reporting/tables.py``) read ``tables()``. A run is an argument tuple. The grids read the
+method registry (``methods.METHODS``: which methods there are, which are multi-task); each benchmark's task names
+and sweeps are written here (``dense_tasks``, ``SPEECH_WORDS``, ``FIGURE2_PREFERENCES``), since this module
+imports only ``experiments.storage`` and ``methods`` (no torch model code). Nothing here names a method's settings.
+An ablation is declared once (``Ablation``, in its benchmark's ``BenchmarkPlan.ablations``): the grid runs it under
 ``--ablations`` and its table's row reads its folder.
 
-Adding a benchmark = its data module, its benchmark class, its script, and one ``BenchmarkPlan`` entry in
-``PLANS`` (see CONTRIBUTING.md).
+Adding a benchmark = its data module, its benchmark class, its script, and here a grid function, one
+``BenchmarkPlan`` entry in ``PLANS`` and, for a table, one ``Table`` in ``tables()`` (see CONTRIBUTING.md).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The driver behind ``./run_all.sh`` (``python -m experiments.orchestration.run_all``, same flags, ``--help``):
 the plan's run lists (``experiments/orchestration/plan.py``) for the chosen benchmarks, methods and seeds, handed
-as argument lists to ``experiments/orchestration/sweep.py`` in-process; then the tables and figures."""
+as command lines (one per run) to ``experiments/orchestration/sweep.py`` in-process; then the tables and figures."""
 from __future__ import annotations
 
 import argparse
