@@ -25,10 +25,9 @@ from __future__ import annotations
 import logging
 
 
-from experiments.training.benchmarks.multimnist_aux import (AUXILIARIES, MultiMnistAuxBenchmark,
-                                                   auxiliary_set_label)
+from experiments.training.benchmarks.multimnist_aux import AUXILIARIES, MultiMnistAuxBenchmark, auxiliary_set_label
 from methods.olaux import OLAUXSettings
-from experiments.train_multimnist import add_pair_flags, build_pairs
+from experiments.training.multimnist_flags import add_pair_flags, pairs_from_flags
 from experiments.training.cli import base_parser, positive_int, run
 from methods import METHODS, canonical_name
 
@@ -61,7 +60,7 @@ def build(args) -> MultiMnistAuxBenchmark:
         args.olaux_lr = OLAUX_BETA
         log.info("OL-AUX: --olaux-lr set to ARML's %g (not the optimiser's --lr)", OLAUX_BETA)
     args.tag = args.tag or auxiliary_set_label(auxiliaries, args.noise_tasks)
-    data, preset = build_pairs(args, PRESETS)
+    data, preset = pairs_from_flags(args, PRESETS)
     return MultiMnistAuxBenchmark(data, epochs=preset["epochs"], batch_size=preset["batch_size"], device=args.device,
                                   seed=args.seed, auxiliaries=auxiliaries, noise_tasks=args.noise_tasks,
                                   width=args.width, preset=args.preset,
@@ -71,7 +70,8 @@ def build(args) -> MultiMnistAuxBenchmark:
 def main(argv=None) -> str:
     parser = base_parser(__doc__, lr=1e-3)
     group = parser.add_argument_group("data, auxiliaries and schedule")
-    add_pair_flags(group, PRESETS, "few", "few: 1,000 + 500 validation training pairs, 60 epochs of batch 64; tiny: tests")
+    add_pair_flags(group, PRESETS, "few",
+                   "few: 1,000 + 500 validation training pairs, 60 epochs of batch 64; tiny: tests")
     group.add_argument("--auxiliaries", nargs="+", default=list(AUXILIARIES),
                        choices=list(AUXILIARIES) + ["none"],
                        help="auxiliary tasks beside the main task 'left' ('none': the main task alone, for STL)")

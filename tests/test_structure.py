@@ -96,6 +96,9 @@ def test_experiments_layers():
                 assert layer_of(imported) <= layer_of(module), f"{module} imports the higher layer {imported}"
         if module != "experiments" and layer_of(module) == len(LAYERS) - 1:
             assert "." not in module[len("experiments."):], f"{module}: a module below experiments/ belongs to a layer"
+            commands = {m for m in imports_of(module, path, set(paths))
+                        if m.startswith("experiments.") and layer_of(m) == len(LAYERS) - 1}
+            assert not commands, f"{module} imports the command(s) {commands}: shared code belongs in a layer"
 
 
 def test_scripts_beside_the_results_import_what_exists():
