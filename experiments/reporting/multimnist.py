@@ -180,7 +180,7 @@ def draw_figure(results: str, points: Optional[pd.DataFrame] = None, include_unf
     nash = points[points.family == "nashmtl"]
     if len(nash):
         axis.scatter(nash.test_left, nash.test_right, marker="x", s=45, color="tab:red", linewidths=1.5,
-                     label=f"{FAMILIES['nashmtl']} ({len(nash)} seeds)", zorder=4)
+                     label=f"{FAMILIES['nashmtl']} ({len(nash)} seed{'' if len(nash) == 1 else 's'})", zorder=4)
     other = points[points.family == "other"]
     if len(other):
         axis.scatter(other.test_left, other.test_right, marker="^", color="0.5", label="other", zorder=2)
