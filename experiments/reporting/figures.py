@@ -25,6 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from experiments.reporting import multimnist, multimnist_aux
 from experiments.reporting.command import results_command
 from experiments.storage.results_io import (RUN_FILES, SPLIT, STEP, TRAIN_SPLIT, RunError, RunFolder, p_column,
                                             read_json, read_metrics, save_figure, select_runs, weight_column)
@@ -111,10 +112,8 @@ def make_figures(results: str = "results", include_unfinished: bool = False) -> 
             path = os.path.join(out, f"{benchmark}_{name}.png")
             if draw(results, benchmark, path, include_unfinished):
                 written.append(path)
-    from experiments.reporting.multimnist import draw_figure  # Multi-MNIST's Figure 2
-    written += draw_figure(results, include_unfinished=include_unfinished)
-    from experiments.reporting.multimnist_aux import draw_figure as draw_aux_figure  # issue 23: p and weights
-    written += draw_aux_figure(results, include_unfinished=include_unfinished)
+    written += multimnist.draw_figure(results, include_unfinished=include_unfinished)  # Figure 2
+    written += multimnist_aux.draw_figure(results, include_unfinished=include_unfinished)  # p and weights
     return written
 
 

@@ -40,7 +40,6 @@ from methods import METHOD_NAMES, METHODS, canonical_name
 log = logging.getLogger("figures_multimnist_aux")
 BENCHMARK = "multimnist_aux"
 METHOD_ORDER = METHOD_NAMES
-LABELS = {name: METHODS[name].label for name in METHOD_NAMES}  # the paper's row names (LS = Equal)
 WEIGHT_METHODS = ("gcs", "olaux", "auxilearn")  # drawn beside AuxiNash's p
 MIN_GAP = 1.0  # points: two auxiliaries' measured effects closer than this count as tied (seed noise is ~1 point)
 
@@ -182,7 +181,7 @@ def write_table(results: str, runs: Optional[pd.DataFrame] = None, include_unfin
              "| auxiliary set | method | seeds | test acc. (%) | Δ STL (points) | seeds above STL |",
              "|---|---|---|---|---|---|"]
     for row in table.itertuples():
-        label = LABELS.get(row.method, row.method) + (f" ({row.variant})" if row.variant else "")
+        label = (METHODS[row.method].label if row.method in METHODS else row.method) + (f" ({row.variant})" if row.variant else "")
         lines.append(f"| {row.aux_set} | {label} | {row.seeds} ({row.seed_list}) | "
                      f"{fmt(row.mean)} ± {fmt(row.std)} | {fmt(row.vs_stl, sign=True)} ± {fmt(row.vs_stl_std)} | "
                      + (f"{row.above_stl} of {row.vs_stl_seeds} |" if row.vs_stl_seeds else "– |"))
@@ -214,7 +213,7 @@ def write_table(results: str, runs: Optional[pd.DataFrame] = None, include_unfin
         for (method, aux_set), group in finals[finals.variant == ""].groupby(["method", "aux_set"], sort=False):
             tasks = group.tasks.iloc[0].split()
             relative = {t: (group[f"final_weight_{t}"] / group["final_weight_left"]).mean() for t in tasks[1:]}
-            lines.append(f"- {LABELS[method]} ({aux_set}, {len(group)} seeds; main "
+            lines.append(f"- {METHODS[method].label} ({aux_set}, {len(group)} seeds; main "
                          f"{group['final_weight_left'].mean():.3g}): "
                          + ", ".join(f"{t} {value:.3f}" for t, value in relative.items()))
     md_path = os.path.join(out, "multimnist_aux.md")
@@ -252,7 +251,7 @@ def draw_figure(results: str, runs: Optional[pd.DataFrame] = None, include_unfin
                     axis.plot(rows["step"], values, color=colors[task], ls=styles[i % len(styles)], lw=1.2,
                               label=task if i == 0 else None)
         what = "bargaining power p (end of epoch)" if prefix == "p" else "epoch's mean weight / main task's"
-        axis.set_title(f"{LABELS[method]}: {what}", fontsize=9)
+        axis.set_title(f"{METHODS[method].label}: {what}", fontsize=9)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, title="task (line style: seed)", title_fontsize=7)

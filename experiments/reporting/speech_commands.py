@@ -30,11 +30,10 @@ import pandas as pd
 from data.speech_commands import WORDS
 from experiments.storage.results_io import (PAPER_DIR, RunError, RunFolder, read_json, read_metrics, run_finished,
                                             select_runs, write_frame, write_text)
-from methods import METHOD_NAMES, METHODS
+from experiments.orchestration.plan import method_rows
 
 log = logging.getLogger("tables_speech_commands")
 PREFIX = "speech_commands_"
-ROWS = {name: METHODS[name].label for name in METHOD_NAMES}  # method folder → the paper's row name
 PAPER_TABLE = {500: 6, 1000: 7}  # the paper's per-keyword tables (assumed in size order)
 SELECTIONS = ("best-val", "last")
 CAGRAD_NOTE = ("The paper's Table 5 CAGrad row (95.7 / 95.7) disagrees with the means of its own per-keyword "
@@ -134,7 +133,8 @@ def table5(results: str, data: Dict[int, pd.DataFrame], selection: str, include_
     header, lines = ["method"], []
     for n in data:
         header += [f"{n} clips: accuracy", f"{n} clips: recall", f"{n}: seeds × keywords"]
-    for method, label in ROWS.items():
+    for row in method_rows():
+        method, label = row.folder, row.label
         cells, any_runs = [label], False
         for n, frame in data.items():
             runs = frame[frame.method == method] if len(frame) else frame
@@ -171,7 +171,8 @@ def keyword_table(results: str, n: int, frame: pd.DataFrame, selection: str, inc
             paper_means = table[f"acc_{n}"].to_dict()
     header = ["method"] + list(WORDS) + ["mean", "seeds"]
     lines = []
-    for method, label in ROWS.items():
+    for row in method_rows():
+        method, label = row.folder, row.label
         runs = frame[frame.method == method] if len(frame) else frame
         if not len(runs):
             continue

@@ -29,8 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from methods import METHOD_NAMES, METHODS
-from experiments.orchestration.plan import Table, tables
+from experiments.orchestration.plan import Table, method_rows, tables
+from experiments.reporting import multimnist, multimnist_aux, speech_commands
 from experiments.reporting.command import left_out_note, results_command
 from experiments.training.benchmarks import BENCHMARK_TASKS
 from experiments.training.metrics import delta_m
@@ -39,8 +39,6 @@ from experiments.storage.results_io import (PAPER_DIR, RUN_FILES, RunError, RunF
 
 log = logging.getLogger("make_tables")
 LAST_EVALUATIONS = 10
-# our method folder → the paper's row name (each method's declared ``label``), in the registry's (the paper's) order
-PAPER_ROWS = {name: METHODS[name].label for name in METHOD_NAMES}
 
 
 def table_columns(table: Table) -> Dict[str, bool]:
@@ -199,16 +197,17 @@ def cifar_table(results: str, include_unfinished: bool = False) -> Optional[str]
     synthetic = any(run_descriptions(results, b, include_unfinished)[0] for b in benchmarks)
     collected = {benchmark: collect(results, benchmark, include_unfinished) for benchmark in benchmarks}
     lines = []
-    for method, label in PAPER_ROWS.items():
-        cells = [label]
+    for row in method_rows():
+        cells = [row.label]
         for benchmark in benchmarks:
-            runs = collected[benchmark].get(method, {})
+            runs = collected[benchmark].get(row.folder, {})
             values = [m["cls_acc"] for main in runs.values() for m in main.values() if "cls_acc" in m]
             cell = f"{np.mean(values):.2f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.2f} (n={len(values)})" \
                 if values else ""
             paper_column = f"acc_{benchmark.removeprefix('cifar10_ssl_')}_labels"
-            if label in paper and paper_column in paper[label]:
-                cell += f" [paper {paper[label][paper_column]:.2f} ± {paper[label][paper_column + '_pm']:.2f}]"
+            if row.paper_row in paper and paper_column in paper[row.paper_row]:
+                printed = paper[row.paper_row]
+                cell += f" [paper {printed[paper_column]:.2f} ± {printed[paper_column + '_pm']:.2f}]"
             cells.append(cell)
         lines.append(cells)
     caption = ("CIFAR-10 SSL test accuracy (%) at the best validation accuracy, mean ± std over n seeds (paper "
@@ -242,12 +241,9 @@ def make_tables(results: str = "results", include_unfinished: bool = False) -> L
         path = os.path.join(out, "cifar10_ssl.md")
         write_text(path, text)
         written.append(path)
-    from experiments.reporting.multimnist import write_table  # Multi-MNIST: the points of Figure 2
-    written += write_table(results, include_unfinished=include_unfinished)
-    from experiments.reporting.speech_commands import write_tables as speech_commands_tables  # Tables 5-7
-    written += speech_commands_tables(results, include_unfinished)
-    from experiments.reporting.multimnist_aux import write_table as write_aux_table  # auxiliary-mode Multi-MNIST
-    written += write_aux_table(results, include_unfinished=include_unfinished)
+    written += multimnist.write_table(results, include_unfinished=include_unfinished)  # the points of Figure 2
+    written += speech_commands.write_tables(results, include_unfinished)  # Tables 5-7
+    written += multimnist_aux.write_table(results, include_unfinished=include_unfinished)
     return written
 
 
