@@ -40,7 +40,7 @@ from typing import Dict, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from .common import DatasetNotFoundError, MalformedDatasetError, meta_val_split
+from .common import DatasetNotFoundError, MalformedDatasetError, import_torchvision, meta_val_split
 
 log = logging.getLogger(__name__)
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -91,11 +91,10 @@ def read_cifar10(root: str, download: bool = False) -> Dict[str, np.ndarray]:
     """The 50,000 training and 10,000 test images and labels from the standard layout under ``root``."""
     folder = batches_dir(root)
     if not os.path.isdir(folder) and download:
+        torchvision = import_torchvision()
         try:
-            import torchvision
-
             torchvision.datasets.CIFAR10(root, train=True, download=True)
-        except Exception as error:  # no network, no torchvision
+        except Exception as error:  # no network, a refused or broken download
             raise DatasetNotFoundError(f"CIFAR-10 not found at {folder!r} and the download failed ({error}).\n"
                                        f"{HOW_TO_GET}") from None
     if not os.path.isdir(folder):

@@ -18,6 +18,17 @@ class MalformedDatasetError(ValueError):
     """A dataset file exists but does not hold what the layout promises."""
 
 
+def import_torchvision():
+    """torchvision, which only ``--download`` of MNIST and CIFAR-10 needs: pyproject.toml's optional extra
+    ``download``. Raises DatasetNotFoundError saying how to install it when it is absent."""
+    try:
+        import torchvision
+    except ImportError:
+        raise DatasetNotFoundError('--download needs torchvision: pip install -e ".[download]" (or pip install '
+                                   'torchvision), or put the dataset files in place by hand') from None
+    return torchvision
+
+
 SYNTHETIC_MARKER = "SYNTHETIC"  # the file data/synthetic.py leaves in every root it writes
 
 

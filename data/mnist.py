@@ -18,7 +18,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from .common import DatasetNotFoundError, MalformedDatasetError, is_synthetic
+from .common import DatasetNotFoundError, MalformedDatasetError, import_torchvision, is_synthetic
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -122,12 +122,9 @@ def available_splits(root: str) -> Dict[str, bool]:
 
 def download_mnist(root: str) -> None:
     """Download MNIST into ``root/MNIST/raw`` with torchvision (needs the network)."""
-    try:
-        from torchvision.datasets import MNIST
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise DatasetNotFoundError(f"--download needs torchvision (pip install torchvision). {HOW_TO_GET}") from None
+    datasets = import_torchvision().datasets
     for train in (True, False):
-        MNIST(root, train=train, download=True)
+        datasets.MNIST(root, train=train, download=True)
 
 
 def write_idx(path: str, array: np.ndarray) -> None:

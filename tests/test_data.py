@@ -173,6 +173,17 @@ def test_missing_dataset_message_names_path_and_source(tmp_path):
         load_cityscapes(str(tmp_path / "nowhere"))
 
 
+def test_download_without_torchvision_names_the_extra(tmp_path, monkeypatch):
+    """torchvision is the optional extra `download` (pyproject.toml): without it, --download says how to install it."""
+    from data.cifar import read_cifar10
+    from data.mnist import download_mnist
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # `import torchvision` now raises ImportError
+    for download in (lambda: read_cifar10(str(tmp_path), download=True), lambda: download_mnist(str(tmp_path))):
+        with pytest.raises(DatasetNotFoundError, match=r'--download needs torchvision: pip install -e "\.\[download\]"'):
+            download()
+
+
 def test_check_cli(roots, tmp_path):
     result = subprocess.run([sys.executable, "-m", "data.check", "nyuv2", "--root", roots["nyuv2"]], cwd=ROOT,
                             capture_output=True, text=True)
