@@ -319,6 +319,34 @@ def test_tiny_sweep_writes_table_and_figure(tmp_path):
     assert len(figures_multimnist.collect_points(results)) == 5
 
 
+def _points(rows):
+    """Figure-2 points as collect_points returns them, from (family, preference, seed, task-1 acc, task-2 acc)."""
+    common = {"best_round": 9, "rounds": 10, "preset": "paper", "data_note": "", "n_train": 108000, "n_val": 12000,
+              "n_test": 20000, "epochs": 50, "device": "cpu", "synthetic": False}
+    return pd.DataFrame([{"family": f, "run": f"{f}/{p}/{s}", "preference": p, "seed": s, "test_left": left,
+                          "test_right": right, **common} for f, p, s, left, right in rows])
+
+
+def test_figure2_zooms_on_auxinash_and_reports_the_seeds_of_one_p(tmp_path):
+    """A second seed of one p₁ gets its own table section (ranges over the seeds), and a LS point far outside
+    AuxiNash's and Nash-MTL's points opens a zoomed panel whose box is their range plus 8 % of it (at least 0.05)."""
+    rows = [("auxinash", 0.5, 0, 95.0, 93.0), ("auxinash", 0.5, 1, 95.4, 92.8), ("auxinash", 0.1, 0, 94.0, 94.0),
+            ("nashmtl", np.nan, 0, 95.2, 93.1)]
+    assert figures_multimnist.zoom_box(_points(rows)) is None  # nothing outside: one panel
+    points = _points(rows + [("equal", 0.01, 0, 87.0, 94.5)])
+    (x0, x1), (y0, y1) = figures_multimnist.zoom_box(points)
+    # x: 94.0 – 95.4, pad 0.08 × 1.4 = 0.112; y: 92.8 – 94.0, pad 0.08 × 1.2 = 0.096
+    assert (x0, x1, y0, y1) == pytest.approx((93.888, 95.512, 92.704, 94.096))
+    [repeat] = figures_multimnist.seed_spread(points).to_dict("records")
+    assert repeat["family"] == "auxinash" and repeat["preference"] == 0.5 and repeat["seeds"] == "0, 1"
+    assert (repeat["diff_min"], repeat["diff_max"]) == pytest.approx((2.0, 2.6))  # 95.0 − 93.0, 95.4 − 92.8
+    results = str(tmp_path)
+    table = open(figures_multimnist.write_table(results, points)[0]).read()
+    assert "| AuxiNash (fixed p) | 0.5 | 0, 1 | 95.00 – 95.40 | 92.80 – 93.00 | +2.00 – +2.60 |" in table
+    [path] = figures_multimnist.draw_figure(results, points)
+    assert os.path.getsize(path) > 10_000
+
+
 def test_run_all_lists_the_sweep():
     env = dict(os.environ, MNIST_ROOT="/nowhere", MULTIMNIST_PRESET="cpu")
     lines = subprocess.run(["bash", "run_all.sh", "--benchmarks", "multimnist", "--dry-run"], cwd=ROOT, env=env,

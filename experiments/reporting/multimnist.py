@@ -5,7 +5,9 @@
 Each finished run (``status.json`` present) of ``<results>/multimnist/`` is one point: both tasks' test accuracy
 at the epoch of the best mean validation accuracy over the two tasks (both are main tasks). Families:
 AuxiNash with fixed p = (p₁, 1 − p₁) (folders ``auxinash_p<p1>``), Nash-MTL over seeds (``nashmtl``), linear
-scalarisation with weights (w₁, 1 − w₁) (``equal_w<w1>``); any other method folder is drawn in grey.
+scalarisation with weights (w₁, 1 − w₁) (``equal_w<w1>``); any other method folder is drawn in grey. Further seeds
+of one p₁ are hollow markers (the line joins each p₁'s mean) and get the table's section of ranges over seeds; when
+LS's extremes stretch the axes, a second panel zooms on the AuxiNash and Nash-MTL points.
 Writes ``tables/multimnist.md`` and ``.csv`` and ``figures/multimnist_figure2.png``.
 """
 from __future__ import annotations
@@ -105,6 +107,22 @@ def family_summary(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def seed_spread(points: pd.DataFrame) -> pd.DataFrame:
+    """Per (family, preference) run with more than one seed: the seeds (comma-separated) and the range of each task's
+    test accuracy and of their difference (left − right) over them."""
+    rows = []
+    for (family, preference), group in points.dropna(subset=["preference"]).groupby(["family", "preference"]):
+        if group.seed.nunique() < 2:
+            continue
+        difference = group.test_left - group.test_right
+        rows.append({"family": family, "preference": preference,
+                     "seeds": ", ".join(str(s) for s in sorted(group.seed)),
+                     "left_min": group.test_left.min(), "left_max": group.test_left.max(),
+                     "right_min": group.test_right.min(), "right_max": group.test_right.max(),
+                     "diff_min": difference.min(), "diff_max": difference.max()})
+    return pd.DataFrame(rows)
+
+
 def caption(points: pd.DataFrame, note: str = "") -> str:
     """The table's and the figure's caption; ``note``: the sentence on runs left out or included unfinished."""
     first = points.iloc[0]
@@ -151,28 +169,41 @@ def write_table(results: str, points: Optional[pd.DataFrame] = None, include_unf
         lines.append(f"| {row.family} | {row.runs} | {row.left_min:.2f} – {row.left_max:.2f} | "
                      f"{row.right_min:.2f} – {row.right_max:.2f} | {row.diff_min:+.2f} – {row.diff_max:+.2f} | "
                      f"{row.diff_spread:.2f} | {rho} |")
+    repeats = seed_spread(points)
+    if len(repeats):
+        lines += ["", "Seeds of one setting (AuxiNash's p₁, LS's w₁ run with more than one seed): range over the seeds "
+                      "of each task's test accuracy and of their difference (left − right).", "",
+                  "| method | p₁ / w₁ | seeds | task 1 range | task 2 range | difference range |", "|---|---|---|---|---|---|"]
+        for _, row in repeats.iterrows():
+            lines.append(f"| {FAMILIES.get(row.family, row.family)} | {row.preference:g} | {row.seeds} | "
+                         f"{row.left_min:.2f} – {row.left_max:.2f} | {row.right_min:.2f} – {row.right_max:.2f} | "
+                         f"{row.diff_min:+.2f} – {row.diff_max:+.2f} |")
     md_path = os.path.join(out, "multimnist.md")
     write_text(md_path, "\n".join(lines) + "\n")
     return [md_path, csv_path]
 
 
-def draw_figure(results: str, points: Optional[pd.DataFrame] = None, include_unfinished: bool = False) -> List[str]:
-    points = collect_points(results, not include_unfinished) if points is None else points
-    if points.empty:
-        return []
-    out = os.path.join(results, "figures")
-    os.makedirs(out, exist_ok=True)
-    figure, axis = plt.subplots(figsize=(6.4, 5.6))
+def draw_points(axis, points: pd.DataFrame, annotate: bool = True):
+    """Every run of ``points`` on ``axis``: AuxiNash coloured by p₁, a grey line through its mean point per p₁ (over
+    seeds), LS as squares coloured by w₁, Nash-MTL as crosses, other methods as grey triangles. Returns AuxiNash's
+    scatter (for the colour bar) or None."""
     colormap, norm = plt.get_cmap("viridis"), matplotlib.colors.Normalize(0, 1)
-    aux = points[points.family == "auxinash"].sort_values("preference")
+    scatter = None
+    aux = points[points.family == "auxinash"].sort_values(["preference", "seed"])
     if len(aux):
-        axis.plot(aux.test_left, aux.test_right, color="0.8", lw=0.8, zorder=1)
-        scatter = axis.scatter(aux.test_left, aux.test_right, c=aux.preference, cmap=colormap, norm=norm, s=60,
-                               edgecolors="k", linewidths=0.5, label=FAMILIES["auxinash"], zorder=3)
-        for _, row in aux.iterrows():
-            axis.annotate(f"{row.preference:g}", (row.test_left, row.test_right), textcoords="offset points",
-                          xytext=(4, 4), fontsize=7)
-        figure.colorbar(scatter, ax=axis, label="p₁ (AuxiNash) / w₁ (LS)")
+        means = aux.groupby("preference")[["test_left", "test_right"]].mean()
+        axis.plot(means.test_left, means.test_right, color="0.8", lw=0.8, zorder=1)
+        first = aux.seed == aux.seed.min()  # further seeds of a p₁: hollow markers
+        scatter = axis.scatter(aux.test_left[first], aux.test_right[first], c=aux.preference[first], cmap=colormap,
+                               norm=norm, s=60, edgecolors="k", linewidths=0.5, label=FAMILIES["auxinash"], zorder=3)
+        if (~first).any():
+            axis.scatter(aux.test_left[~first], aux.test_right[~first], facecolors="none", s=60, linewidths=1.2,
+                         edgecolors=colormap(norm(aux.preference[~first])), zorder=3,
+                         label=f"{FAMILIES['auxinash']}, further seeds")
+        if annotate:
+            for p, row in means.iterrows():
+                axis.annotate(f"{p:g}", (row.test_left, row.test_right), textcoords="offset points", xytext=(4, 4),
+                              fontsize=7)
     ls = points[points.family == "equal"]
     if len(ls):
         axis.scatter(ls.test_left, ls.test_right, c=ls.preference, cmap=colormap, norm=norm, marker="s", s=40,
@@ -184,14 +215,56 @@ def draw_figure(results: str, points: Optional[pd.DataFrame] = None, include_unf
     other = points[points.family == "other"]
     if len(other):
         axis.scatter(other.test_left, other.test_right, marker="^", color="0.5", label="other", zorder=2)
+    axis.grid(alpha=0.3)
+    return scatter
+
+
+def zoom_box(points: pd.DataFrame, margin: float = 0.08) -> Optional[Tuple[Tuple[float, float], Tuple[float, float]]]:
+    """((x0, x1), (y0, y1)) around the AuxiNash and Nash-MTL points with ``margin`` of their range on each side, or
+    None when no other point lies outside it (a zoomed panel would repeat the first)."""
+    inner = points[points.family.isin(["auxinash", "nashmtl"])]
+    if inner.empty:
+        return None
+    box = []
+    for column in ("test_left", "test_right"):
+        low, high = inner[column].min(), inner[column].max()
+        pad = max(margin * (high - low), 0.05)
+        box.append((low - pad, high + pad))
+    (x0, x1), (y0, y1) = box
+    outside = ~points.test_left.between(x0, x1) | ~points.test_right.between(y0, y1)
+    return (box[0], box[1]) if outside.any() else None
+
+
+def draw_figure(results: str, points: Optional[pd.DataFrame] = None, include_unfinished: bool = False) -> List[str]:
+    """figures/multimnist_figure2.png: every point of ``points``; when LS (or another method) stretches the axes
+    beyond AuxiNash's and Nash-MTL's points, a second panel zooms on those (the box drawn in the first)."""
+    points = collect_points(results, not include_unfinished) if points is None else points
+    if points.empty:
+        return []
+    out = os.path.join(results, "figures")
+    os.makedirs(out, exist_ok=True)
+    box = zoom_box(points)
+    figure, axes = plt.subplots(1, 2 if box else 1, figsize=(12.4 if box else 6.4, 5.6), squeeze=False)
+    axis = axes[0, 0]
+    scatter = draw_points(axis, points, annotate=box is None)
     axis.set_xlabel("task 1 (top-left digit): test accuracy (%)")
     axis.set_ylabel("task 2 (bottom-right digit): test accuracy (%)")
-    axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="lower left")
     axis.set_title("Multi-MNIST: fixed bargaining powers steer the trade-off", fontsize=10)
+    if box:
+        (x0, x1), (y0, y1) = box
+        axis.add_patch(matplotlib.patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls="--", color="0.4"))
+        zoom = axes[0, 1]
+        draw_points(zoom, points)
+        zoom.set_xlim(x0, x1)
+        zoom.set_ylim(y0, y1)
+        zoom.set_xlabel("task 1 test accuracy (%)")
+        zoom.set_title("zoom on AuxiNash and Nash-MTL (dashed box)", fontsize=10)
     text = caption(points, left_out_note(results, [BENCHMARK], include_unfinished))
-    figure.text(0.01, 0.005, "\n".join(wrap(text, 110)), fontsize=6.5, va="bottom")
-    figure.tight_layout(rect=(0, 0.08, 1, 1))
+    figure.text(0.01, 0.005, "\n".join(wrap(text, 110 if box is None else 220)), fontsize=6.5, va="bottom")
+    figure.tight_layout(rect=(0, 0.07, 0.96 if scatter is not None else 1, 1))
+    if scatter is not None:  # after the layout: the colour bar takes its room from the panels' right edge
+        figure.colorbar(scatter, ax=list(axes.ravel()), label="p₁ (AuxiNash) / w₁ (LS)", fraction=0.04, pad=0.02)
     path = os.path.join(out, "multimnist_figure2.png")
     save_figure(figure, path, dpi=130)
     plt.close(figure)

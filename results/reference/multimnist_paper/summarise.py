@@ -1,8 +1,9 @@
 """Read Figure 2 at the paper's protocol against AuxiNash's front (results/reference/multimnist_paper/README.md):
 AuxiNash and LS side by side per p₁ = w₁, Nash-MTL as mean ± std (range), and where each LS / Nash-MTL point lies
-against AuxiNash's 11 points: the AuxiNash points that dominate it or that it dominates, and its task-2 accuracy
-minus the front's at the same task-1 accuracy (linear interpolation between AuxiNash's points; blank outside
-their task-1 range). Reads the table that `experiments/figures_multimnist.py` wrote; writes front.md beside it.
+against AuxiNash's 11 points (seed 0), and so does each AuxiNash point of a further seed: the AuxiNash points that
+dominate it or that it dominates, and its task-2 accuracy minus the front's at the same task-1 accuracy (linear
+interpolation between AuxiNash's points; blank outside their task-1 range). Reads the table that
+`experiments/figures_multimnist.py` wrote; writes front.md beside it.
 
     python results/reference/multimnist_paper/summarise.py results/reference/multimnist_paper
 """
@@ -14,8 +15,10 @@ import pandas as pd
 
 root = sys.argv[1]
 runs = pd.read_csv(os.path.join(root, "tables", "multimnist.csv"))
-auxinash = runs[runs.family == "auxinash"].set_index("preference").sort_index()
-ls = runs[runs.family == "equal"].set_index("preference")
+first = runs.seed == 0  # the sweep's AuxiNash and LS points; AuxiNash's further seeds are read against their front
+auxinash = runs[(runs.family == "auxinash") & first].set_index("preference").sort_index()
+further = runs[(runs.family == "auxinash") & ~first]
+ls = runs[(runs.family == "equal") & first].set_index("preference")
 nash = runs[runs.family == "nashmtl"]
 
 
@@ -41,7 +44,8 @@ x, y = auxinash.test_left.to_numpy(), auxinash.test_right.to_numpy()
 order = np.argsort(x, kind="stable")
 lines += ["", "| method | p₁ / w₁ / seed | task 1 | task 2 | dominated by AuxiNash p₁ | dominates AuxiNash p₁ | "
           "task 2 − front |", "|---" * 7 + "|"]
-for label, points, key in (("LS", ls.reset_index(), "preference"), ("Nash-MTL", nash, "seed")):
+for label, points, key in (("LS", ls.reset_index(), "preference"), ("Nash-MTL", nash, "seed"),
+                           ("AuxiNash, seed 1+", further, "preference")):
     for _, r in points.iterrows():
         above = [f"{p:g}" for p, a in auxinash.iterrows() if a.test_left >= r.test_left and a.test_right >= r.test_right]
         below = [f"{p:g}" for p, a in auxinash.iterrows() if a.test_left <= r.test_left and a.test_right <= r.test_right]
