@@ -91,35 +91,34 @@ def spearman(x: pd.Series, y: pd.Series) -> float:
     return float(np.corrcoef(x.rank(), y.rank())[0, 1])
 
 
+def ranges(group: pd.DataFrame) -> dict:
+    """Range of each task's test accuracy and of their difference (left − right) over the runs of ``group``."""
+    difference = group.test_left - group.test_right
+    return {"left_min": group.test_left.min(), "left_max": group.test_left.max(),
+            "right_min": group.test_right.min(), "right_max": group.test_right.max(),
+            "diff_min": difference.min(), "diff_max": difference.max()}
+
+
 def family_summary(points: pd.DataFrame) -> pd.DataFrame:
-    """Per family: count, range of each task's test accuracy and of their difference (left − right), and the
-    Spearman correlation of the preference with that difference (AuxiNash, LS)."""
+    """Per family: count, ``ranges``, the spread of the difference (left − right) and the Spearman correlation of the
+    preference with it (AuxiNash, LS)."""
     rows = []
     for family, group in points.groupby("family", sort=False):
-        difference = group.test_left - group.test_right
-        rows.append({"family": FAMILIES.get(family, family), "runs": len(group),
-                     "left_min": group.test_left.min(), "left_max": group.test_left.max(),
-                     "right_min": group.test_right.min(), "right_max": group.test_right.max(),
-                     "diff_min": difference.min(), "diff_max": difference.max(),
-                     "diff_spread": difference.max() - difference.min(),
-                     "spearman_pref_diff": spearman(group.preference, difference)
+        span = ranges(group)
+        rows.append({"family": FAMILIES.get(family, family), "runs": len(group), **span,
+                     "diff_spread": span["diff_max"] - span["diff_min"],
+                     "spearman_pref_diff": spearman(group.preference, group.test_left - group.test_right)
                      if group.preference.notna().all() else float("nan")})
     return pd.DataFrame(rows)
 
 
 def seed_spread(points: pd.DataFrame) -> pd.DataFrame:
-    """Per (family, preference) run with more than one seed: the seeds (comma-separated) and the range of each task's
-    test accuracy and of their difference (left − right) over them."""
+    """Per (family, preference) run with more than one seed: the seeds (comma-separated) and their ``ranges``."""
     rows = []
     for (family, preference), group in points.dropna(subset=["preference"]).groupby(["family", "preference"]):
-        if group.seed.nunique() < 2:
-            continue
-        difference = group.test_left - group.test_right
-        rows.append({"family": family, "preference": preference,
-                     "seeds": ", ".join(str(s) for s in sorted(group.seed)),
-                     "left_min": group.test_left.min(), "left_max": group.test_left.max(),
-                     "right_min": group.test_right.min(), "right_max": group.test_right.max(),
-                     "diff_min": difference.min(), "diff_max": difference.max()})
+        if group.seed.nunique() > 1:
+            rows.append({"family": family, "preference": preference,
+                         "seeds": ", ".join(str(s) for s in sorted(group.seed)), **ranges(group)})
     return pd.DataFrame(rows)
 
 
