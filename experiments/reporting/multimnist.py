@@ -6,7 +6,7 @@ Each finished run (``status.json`` present) of ``<results>/multimnist/`` is one 
 at the epoch of the best mean validation accuracy over the two tasks (both are main tasks). Families:
 AuxiNash with fixed p = (p₁, 1 − p₁) (folders ``auxinash_p<p1>``), Nash-MTL over seeds (``nashmtl``), linear
 scalarisation with weights (w₁, 1 − w₁) (``equal_w<w1>``); any other method folder is drawn in grey. Further seeds
-of one p₁ are hollow markers (the line joins each p₁'s mean) and get the table's section of ranges over seeds; when
+of one p₁ are diamonds (the line joins each p₁'s mean) and get the table's section of ranges over seeds; when
 LS's extremes stretch the axes, a second panel zooms on the AuxiNash and Nash-MTL points.
 Writes ``tables/multimnist.md`` and ``.csv`` and ``figures/multimnist_figure2.png``.
 """
@@ -192,17 +192,17 @@ def draw_points(axis, points: pd.DataFrame, annotate: bool = True):
     if len(aux):
         means = aux.groupby("preference")[["test_left", "test_right"]].mean()
         axis.plot(means.test_left, means.test_right, color="0.8", lw=0.8, zorder=1)
-        first = aux.seed == aux.seed.min()  # further seeds of a p₁: hollow markers
+        first = aux.seed == aux.seed.min()  # further seeds of a p₁: diamonds
         scatter = axis.scatter(aux.test_left[first], aux.test_right[first], c=aux.preference[first], cmap=colormap,
                                norm=norm, s=60, edgecolors="k", linewidths=0.5, label=FAMILIES["auxinash"], zorder=3)
         if (~first).any():
-            axis.scatter(aux.test_left[~first], aux.test_right[~first], facecolors="none", s=60, linewidths=1.2,
-                         edgecolors=colormap(norm(aux.preference[~first])), zorder=3,
+            axis.scatter(aux.test_left[~first], aux.test_right[~first], c=aux.preference[~first], cmap=colormap,
+                         norm=norm, marker="D", s=40, edgecolors="k", linewidths=0.5, zorder=3,
                          label=f"{FAMILIES['auxinash']}, further seeds")
         if annotate:
-            for p, row in means.iterrows():
-                axis.annotate(f"{p:g}", (row.test_left, row.test_right), textcoords="offset points", xytext=(4, 4),
-                              fontsize=7)
+            for _, row in aux[first].iterrows():
+                axis.annotate(f"{row.preference:g}", (row.test_left, row.test_right), textcoords="offset points",
+                              xytext=(4, 4), fontsize=7)
     ls = points[points.family == "equal"]
     if len(ls):
         axis.scatter(ls.test_left, ls.test_right, c=ls.preference, cmap=colormap, norm=norm, marker="s", s=40,
