@@ -2,7 +2,8 @@
 AuxiNash and LS side by side per p₁ = w₁, Nash-MTL as mean ± std (range), and where each LS / Nash-MTL point lies
 against AuxiNash's 11 points (seed 0), and so does each AuxiNash point of a further seed: the AuxiNash points that
 dominate it or that it dominates, and its task-2 accuracy minus the front's at the same task-1 accuracy (linear
-interpolation between AuxiNash's points; blank outside their task-1 range). Reads the table that
+interpolation between AuxiNash's points; blank outside their task-1 range); for AuxiNash's seed 1, the change of
+left − right per p₁ from seed 0 and whether it still rises with p₁. Reads the table that
 `experiments/figures_multimnist.py` wrote; writes front.md beside it.
 
     python results/reference/multimnist_paper/summarise.py results/reference/multimnist_paper
@@ -52,6 +53,15 @@ for label, points, key in (("LS", ls.reset_index(), "preference"), ("Nash-MTL", 
         gap = signed(r.test_right - np.interp(r.test_left, x[order], y[order])) if x.min() <= r.test_left <= x.max() else ""
         lines.append(f"| {label} | {r[key]:g} | {r.test_left:.2f} | {r.test_right:.2f} | {', '.join(above)} | "
                      f"{', '.join(below)} | {gap} |")
+if len(further):  # AuxiNash's second seed: the change of left − right per p₁, and the order of p₁ within that seed
+    lines += ["", "| p₁ | left − right, seed 0 | left − right, seed 1 | seed 1 − seed 0 |", "|---" * 4 + "|"]
+    again = further.set_index("preference").sort_index()
+    for p, r in again.iterrows():
+        before, after = auxinash.loc[p].test_left - auxinash.loc[p].test_right, r.test_left - r.test_right
+        lines.append(f"| {p:g} | {signed(before)} | {signed(after)} | {signed(after - before)} |")
+    step = (again.test_left - again.test_right).diff().dropna()
+    lines += ["", f"Seed 1 alone, over its {len(again)} p₁: left − right rises at {int((step > 0).sum())} of "
+                  f"{len(step)} steps from one p₁ to the next (smallest step {signed(step.min())})."]
 text = "\n".join(lines) + "\n"
 open(os.path.join(root, "front.md"), "w").write(text)
 print(text)
