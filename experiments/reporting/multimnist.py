@@ -192,7 +192,7 @@ def draw_points(axis, points: pd.DataFrame, annotate: bool = True):
     if len(aux):
         means = aux.groupby("preference")[["test_left", "test_right"]].mean()
         axis.plot(means.test_left, means.test_right, color="0.8", lw=0.8, zorder=1)
-        first = aux.seed == aux.seed.min()  # further seeds of a p₁: diamonds
+        first = aux.seed == aux.groupby("preference").seed.transform("min")  # further seeds of a p₁: diamonds
         scatter = axis.scatter(aux.test_left[first], aux.test_right[first], c=aux.preference[first], cmap=colormap,
                                norm=norm, s=60, edgecolors="k", linewidths=0.5, label=FAMILIES["auxinash"], zorder=3)
         if (~first).any():
