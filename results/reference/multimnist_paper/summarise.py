@@ -55,7 +55,7 @@ for label, points, key in (("LS", ls.reset_index(), "preference"), ("Nash-MTL", 
                      f"{', '.join(below)} | {gap} |")
 if len(further):  # AuxiNash's second seed: the change of left − right per p₁, and the order of p₁ within that seed
     lines += ["", "| p₁ | left − right, seed 0 | left − right, seed 1 | seed 1 − seed 0 |", "|---" * 4 + "|"]
-    again = further.set_index("preference").sort_index()
+    again = further[further.seed == 1].set_index("preference").sort_index()  # one row per p₁ even with seed 2+
     for p, r in again.iterrows():
         before, after = auxinash.loc[p].test_left - auxinash.loc[p].test_right, r.test_left - r.test_right
         lines.append(f"| {p:g} | {signed(before)} | {signed(after)} | {signed(after - before)} |")
