@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import torch
 
 from .checks import check_losses, check_losses_reach, check_parameters, check_representation
-from .distributed import average_grads_, average_one, is_distributed, sum_one, world_size
+from .distributed import average_grads_, average_one, is_distributed, sum_one, used_on_any_rank, world_size
 from .gradients import TaskGradients, accumulation_dtype, per_task_gradients, write_grad
 from .settings import NoSettings
 
@@ -155,6 +155,11 @@ class GradientMethod(WeightMethod):
         that of the union batch's representation gradients instead, Σ_r G_r G_rᵀ / W². Task-specific rows stay
         local: their combination is averaged in ``backward``."""
         grads = per_task_gradients(losses, [representation] if representation is not None else shared, specific)
+        if is_distributed():  # a parameter is dropped only where no rank's losses reached it: same columns on all
+            grads.shared_used = used_on_any_rank(grads.shared_used, grads.shared.device)
+            grads.specific_used = used_on_any_rank(grads.specific_used, grads.shared.device)
+        grads = grads.drop_unused([p.numel() for p in ([representation] if representation is not None else shared)],
+                                  [p.numel() for p in specific])
         if is_distributed():
             if representation is None:
                 grads.shared = average_one(grads.shared)

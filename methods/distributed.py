@@ -10,7 +10,7 @@ every helper here is a no-op.
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -64,6 +64,17 @@ def sum_one(tensor: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return tensor
     return average_one(tensor) * world_size()
+
+
+def used_on_any_rank(used: Optional[Sequence[bool]], device: torch.device) -> Optional[List[bool]]:
+    """Per input, whether any rank's losses reached it (one all-reduce of a 0/1 vector; the input itself outside
+    torch.distributed or when None; ``device``: where the backend can reduce, the gradients'). Every rank then keeps the same gradient columns, so the K × P average lines
+    up, and a parameter that some rank's batch reached gets that rank's gradient averaged with zeros elsewhere."""
+    if used is None or world_size() == 1:
+        return None if used is None else list(used)
+    flags = torch.tensor([1.0 if u else 0.0 for u in used], dtype=torch.float32, device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return [bool(f > 0) for f in flags.tolist()]
 
 
 def average_grads_(parameters: Sequence[torch.Tensor]) -> None:

@@ -47,6 +47,25 @@ class TaskGradients:
             return self.gram_override
         return gram64(self.shared)
 
+    def drop_unused(self, sizes_shared: Sequence[int], sizes_specific: Sequence[int]) -> "TaskGradients":
+        """The same gradients without the columns of inputs that no task's loss reached (``*_used`` False).
+
+        Those columns are all zeros, but they still move the other columns' places in the Gram matrix's sum (its
+        floating-point summation order), so a model with a parameter that no loss reaches would otherwise get
+        weights 1e-16 away from the same model without it, and an iterative solver turns that into a difference of
+        its stopping tolerance. Without them the matrices are column for column those of the list without the
+        unused parameters, so both give bit-identical weights. ``write_grad`` takes the compacted vector with the
+        same ``used`` mask. ``sizes_*``: ``numel()`` of each input, in order. Returns ``self`` when all were used."""
+        def compact(matrix, used, sizes):
+            if used is None or all(used):
+                return matrix
+            keep = torch.cat([torch.full((n,), bool(u), dtype=torch.bool) for u, n in zip(used, sizes)])
+            return matrix[:, keep.to(matrix.device)]
+        return TaskGradients(shared=compact(self.shared, self.shared_used, sizes_shared),
+                             task_specific=compact(self.task_specific, self.specific_used, sizes_specific),
+                             shared_used=self.shared_used, specific_used=self.specific_used,
+                             gram_override=self.gram_override)
+
 
 GRAM_CHUNK = 1 << 20  # columns converted to float64 at a time: bounded extra memory for large models
 
@@ -202,12 +221,12 @@ def _batched_rows(losses: torch.Tensor, inputs: Sequence[torch.Tensor], n_shared
 
 def write_grad(parameters: Sequence[torch.Tensor], flat: torch.Tensor, used: Optional[Sequence[bool]] = None) -> None:
     """Add the flat vector ``flat`` to the ``.grad`` of ``parameters`` (in order), slice by slice; a parameter
-    whose ``used`` entry is False (no loss reached it) is left as it is (``.grad`` None, as a backward pass)."""
+    whose ``used`` entry is False (no loss reached it) is left as it is (``.grad`` None, as a backward pass) and
+    has no slice in ``flat`` (``TaskGradients.drop_unused``), so ``flat`` holds Σ numel of the used parameters."""
     offset = 0
     for index, param in enumerate(parameters):
         n = param.numel()
         if used is not None and not used[index]:
-            offset += n
             continue
         piece = flat[offset:offset + n].view_as(param).to(param.dtype)
         if param.grad is None:
@@ -216,4 +235,4 @@ def write_grad(parameters: Sequence[torch.Tensor], flat: torch.Tensor, used: Opt
             param.grad.add_(piece)
         offset += n
     if offset != flat.numel():
-        raise ValueError(f"flat gradient has {flat.numel()} entries but the parameters hold {offset}")
+        raise ValueError(f"flat gradient has {flat.numel()} entries but the (used) parameters hold {offset}")
