@@ -91,6 +91,16 @@ def conventions(root: str) -> dict:
     return read_conventions(root)
 
 
+_logged: set = set()
+
+
+def _log_once(level: int, message: str, *args) -> None:
+    """Log ``message % args`` the first time only: a run opens the same root for several splits and subsets."""
+    if (message, args) not in _logged:
+        _logged.add((message, args))
+        log.log(level, message, *args)
+
+
 def load_cityscapes(root: str, split: str = "train", augment: bool = False, indices: Optional[Sequence[int]] = None,
                mtan_classes: int = 19, seed: int = 0) -> DenseDataset:
     """Cityscapes ``split`` ('train' or 'val' = test) from either layout (logged)."""
@@ -101,12 +111,13 @@ def load_cityscapes(root: str, split: str = "train", augment: bool = False, indi
     if layout == "parts":
         found = conventions(root)
         if not found["recorded"]:
-            log.warning("%s has no conventions.json: assuming the legacy conventions (part_seg −1 void, disparity "
-                        "in pixels of the stored image, 0 invalid); prepare it again for Auto-λ's", root)
+            _log_once(logging.WARNING, "%s has no conventions.json: assuming the legacy conventions (part_seg −1 "
+                      "void, disparity in pixels of the stored image, 0 invalid); prepare it again for Auto-λ's", root)
         targets = tuple(Target(t.name, t.folder, t.kind, t.n_classes, found["disparity_invalid"])
                         if t.kind == "disparity" else t for t in targets)
     if layout == "mtan":
         targets = tuple(Target(t.name, t.folder.format(n=mtan_classes), t.kind, mtan_classes)
                         if t.kind == "label" else t for t in targets)
-    log.info("Cityscapes at %s: %s layout (tasks: %s)", root, layout, ", ".join(t.name for t in targets[1:]))
+    _log_once(logging.INFO, "Cityscapes at %s: %s layout (tasks: %s)", root, layout,
+              ", ".join(t.name for t in targets[1:]))
     return DenseDataset(root, split, targets, augment=augment, indices=indices, how_to_get=HOW_TO_GET, seed=seed)

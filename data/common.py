@@ -112,13 +112,14 @@ def meta_val_split(n: int, size: float, seed: int) -> Tuple[np.ndarray, np.ndarr
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: numpy, random and the dataset's own ``rng`` from torch's per-worker seed."""
+    """DataLoader worker_init_fn: numpy's and random's global generators from torch's per-worker seed.
+
+    Only code outside our datasets would draw from these: our datasets' augmentation is seeded per (seed, epoch,
+    item) (``set_epoch``), so that it does not depend on the number of workers, which is no part of a run's
+    identity."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    dataset = torch.utils.data.get_worker_info().dataset
-    if isinstance(getattr(dataset, "rng", None), random.Random):
-        dataset.rng.seed(seed)
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, device: torch.device,
@@ -133,11 +134,14 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, dev
 def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     """Make epoch ``epoch`` of ``loader`` a function of (seed, epoch) alone: order and augmentation.
 
-    Reseeds the loader's generator (shuffling and the workers' seeds) and, without workers, the dataset's
-    ``rng``; a run resumed at an epoch boundary then sees exactly the batches of an uninterrupted one.
+    Reseeds the loader's generator (the shuffled order, drawn in the main process whatever the number of
+    workers) and tells a dataset with ``set_epoch`` (``DenseDataset``) the epoch, whose augmentation of each
+    item is then seeded by (dataset seed, epoch seed, item) alone: the same batches with 0, 2 or 8 workers, and a
+    run resumed at an epoch boundary sees exactly the batches of an uninterrupted one. The workers read the
+    epoch from the dataset copy they are started with, so this is called before each epoch's ``iter(loader)``.
     """
     epoch_seed = seed * 100003 + epoch
     loader.generator.manual_seed(epoch_seed)
-    if loader.num_workers == 0 and isinstance(getattr(loader.dataset, "rng", None), random.Random):
-        loader.dataset.rng.seed(epoch_seed)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch_seed)
 

@@ -8,7 +8,9 @@ Augmentation (as MTAN, Nash-MTL and the official AuxiNash code): a random scale 
 crop of size (H/s, W/s) resized back to H×W (image and normals bilinear, labels, depth and disparity nearest),
 depth divided by s (the crop looks s times closer) and disparity multiplied by s (disparity ∝ 1/depth; negative
 invalid markers are kept as they are, as Auto-λ's −1 must stay −1); then a
-horizontal flip with probability ½, which also negates the x component of the normals.
+horizontal flip with probability ½, which also negates the x component of the normals. Once a loader's epoch is
+set (``data.common.set_epoch``), item i's augmentation is seeded by (seed, epoch, i) alone, whatever the number
+of DataLoader workers.
 """
 from __future__ import annotations
 
@@ -88,7 +90,9 @@ class DenseDataset(Dataset):
         self.root, self.split, self.targets = root, split, list(targets)
         self.augment = augment
         self.shape = shape
-        self.rng = random.Random(seed)
+        self.seed = seed
+        self.rng = random.Random(seed)  # the augmentation stream of a dataset no loader epoch is set on
+        self.epoch: Optional[int] = None  # set by ``set_epoch``: augmentation seeded per (seed, epoch, item)
         counts = {}
         for target in self.targets:
             folder = os.path.join(root, split, target.folder)
@@ -120,6 +124,20 @@ class DenseDataset(Dataset):
             item["image" if target.kind == "image" else target.name] = tensor
         return item
 
+    def set_epoch(self, epoch: int) -> None:
+        """From now on, augment item i of this epoch with a generator seeded by (seed, epoch, i) alone
+        (``item_rng``): the same crops and flips whichever DataLoader worker, and however many, loads it."""
+        self.epoch = epoch
+
+    def item_rng(self, index: int) -> random.Random:
+        """The augmentation generator of file index ``index``: the dataset's stream until ``set_epoch`` is called
+        (the meta-update's fresh batches, drawn in the main process, keep a saved stream), then a generator
+        seeded from (seed, epoch, index) only."""
+        if self.epoch is None:
+            return self.rng
+        return random.Random(int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]))
+
     def __getitem__(self, position: int) -> Dict[str, torch.Tensor]:
-        item = self.load(self.indices[position])
-        return augment(item, self.kinds, self.rng) if self.augment else item
+        index = self.indices[position]
+        item = self.load(index)
+        return augment(item, self.kinds, self.item_rng(index)) if self.augment else item

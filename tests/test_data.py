@@ -292,7 +292,27 @@ def test_loader_epochs_are_reproducible(roots):
                                  num_workers=workers)
             set_epoch(loader, 5, 3)
             runs.append(torch.cat([b["depth"] for b in loader]))
-        torch.testing.assert_close(runs[0], runs[1])
+        torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)  # the same seeds: exact
+
+
+def test_augmented_batches_do_not_depend_on_the_number_of_workers(roots):
+    """Issue 29: the augmentation of item i in epoch e is seeded by (seed, epoch, i) alone, so 0 and 2 workers
+    give bit-identical batches (each item's crop, scale and flip are computed by the same code from the same
+    seed, in whichever process), and another epoch gives other augmentations."""
+    dataset = load_nyuv2(roots["nyuv2"], "train", augment=True)
+
+    def epoch_batches(workers, epoch):
+        loader = make_loader(dataset, batch_size=2, shuffle=True, seed=5, device=torch.device("cpu"),
+                             num_workers=workers)
+        set_epoch(loader, 5, epoch)
+        return [torch.cat([b[key].float().flatten() for key in ("image", "depth", "normal", "segmentation")])
+                for b in loader]
+
+    single, two = epoch_batches(0, 3), epoch_batches(2, 3)
+    assert len(single) == len(two)
+    for a, b in zip(single, two):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not all(torch.equal(a, b) for a, b in zip(single, epoch_batches(0, 4)))
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(SHARED, "datasets", "make_cifar10_batches.py")),

@@ -1,4 +1,8 @@
-"""Metrics on hand-computed cases, and Δm against the paper's own printed values."""
+"""Metrics on hand-computed cases, and Δm against the paper's own printed values.
+
+Tolerances: ``pytest.approx``'s default (relative 1e-6) where a hand value meets a float32/float64 computation of a
+few terms; the normal angles are float32 sines and cosines through acos (1e-4 degrees) and the median is read off
+a histogram of 0.001° bins (1e-3 degrees)."""
 import math
 import os
 
@@ -52,6 +56,20 @@ def test_normal_error_angles():
     assert result["within_11_25"] == pytest.approx(50.0)
     assert result["within_22_5"] == pytest.approx(75.0)
     assert result["within_30"] == pytest.approx(75.0)
+
+
+def test_metrics_without_a_valid_pixel_are_nan():
+    """Issue 29: a test set with no valid normal (or depth, or label) gives NaN metrics, not ZeroDivisionError."""
+    normals = NormalError()
+    normals.update(torch.randn(2, 3, 4, 4), torch.zeros(2, 3, 4, 4))  # zero target = invalid everywhere
+    assert set(normals.result()) == {"mean", "median", "within_11_25", "within_22_5", "within_30"}
+    assert all(math.isnan(v) for v in normals.result().values())
+    depth = DepthError()
+    depth.update(torch.rand(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
+    assert all(math.isnan(v) for v in depth.result().values())
+    accuracy = Accuracy()
+    accuracy.update(torch.rand(2, 3), torch.tensor([-1, -1]))
+    assert math.isnan(accuracy.result()["acc"])
 
 
 def test_accuracy_and_mse():

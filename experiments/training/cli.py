@@ -274,5 +274,15 @@ def dense_flags(parser: argparse.ArgumentParser, env: str, default_root: str, ba
     group.add_argument("--lr-step", type=positive_int, default=100, help="epochs between halvings of the learning rate")
     group.add_argument("--batch-size", type=positive_int, default=batch_size)
     group.add_argument("--no-augment", action="store_true", help="turn off the random scale-crop and flip")
-    group.add_argument("--workers", type=non_negative_int, default=4, help="DataLoader worker processes")
+    group.add_argument("--workers", type=non_negative_int, default=default_workers(),
+                       help="DataLoader worker processes (default: the CPUs this process may use, at most 8; here "
+                            "%(default)s). Not part of a run's identity: the batches are the same for any number "
+                            "(each item's augmentation is seeded by seed, epoch and item, data/common.py set_epoch)")
     return parser
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on (``os.sched_getaffinity`` where the OS has it), at most 8: DataLoader's own
+    suggestion of the most workers worth starting, without its warning on a small machine."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8, cpus)

@@ -97,6 +97,8 @@ class NormalError:
         count = _require(self.histogram, "normal error").sum().item()
         cumulative = self.histogram.cumsum(0)
         median_bin = int(torch.searchsorted(cumulative, torch.tensor((count + 1) // 2, device=cumulative.device)))
+        if not count:  # no evaluated pixel had a valid normal: NaN, as the depth and accuracy metrics
+            return {name: float("nan") for name in ("mean", "median", "within_11_25", "within_22_5", "within_30")}
         total, within_11, within_22, within_30 = self.sums.tolist()
         return {"mean": total / count, "median": (median_bin + 0.5) * 180 / self.BINS,
                 "within_11_25": 100 * within_11 / count, "within_22_5": 100 * within_22 / count,
