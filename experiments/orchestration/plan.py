@@ -150,6 +150,29 @@ def cifar_grid(ctx: Context) -> Iterator[Args]:
                        "--method", method, "--seed", seed)
 
 
+# -- semi-supervised CIFAR-10 at CPU scale (Table 4's question where the auxiliaries help; not in the default list) -
+# The protocol the calibration chose (results/reference/cifar10_ssl_cpu/README.md: 100 iterations timed at three
+# scales on the 2-core VM): the paper's pipeline, optimiser and early stopping, a narrower WRN-28-2, smaller
+# batches, fewer labels and iterations. Every run carries a tag, so none shares a folder with a paper-protocol run.
+CIFAR_CPU = ("--n-labeled", "1000", "--width", "0.5", "--labeled-batch", "32", "--unlabeled-batch", "32",
+             "--iterations", "2000", "--eval-every", "250")
+CIFAR_CPU_TAG = "cpu"
+CIFAR_CPU_SINGLES = (("rotation",), ("exemplar",))  # Equal with one auxiliary: its effect alone
+
+
+def cifar_cpu_grid(ctx: Context) -> Iterator[Args]:
+    """Per seed: Equal with each auxiliary alone (tag cpu-<task>), then every chosen method with both (tag cpu);
+    the labelled subset is drawn with the seed, so every method of a seed sees the same one."""
+    settings = ("--data-root", ctx.root, *(CIFAR_QUICK + ("--n-labeled", "100") if ctx.quick else CIFAR_CPU))
+    for seed in ctx.seeds:
+        if "equal" in ctx.methods:
+            for single in CIFAR_CPU_SINGLES:
+                yield (*settings, "--method", "equal", "--tasks", "classification", *single,
+                       "--tag", f"{CIFAR_CPU_TAG}-{'-'.join(single)}", "--seed", seed)
+        for method in ctx.methods:
+            yield (*settings, "--method", method, "--tag", CIFAR_CPU_TAG, "--seed", seed)
+
+
 # -- Multi-MNIST, Figure 2 -----------------------------------------------------------------------------------------
 def mnist_present(root: str) -> bool:
     return any(glob.glob(os.path.join(folder, "t10k-images-idx3-ubyte*"))
@@ -241,6 +264,11 @@ PLANS: Dict[str, BenchmarkPlan] = {plan.name: plan for plan in (
                   "data_cache/cifar10", cifar_grid,
                   lambda root: os.path.isdir(os.path.join(root, "cifar-10-batches-py")),
                   "no cifar-10-batches-py/ under {root} (see README, section Data)", synthetic_folder="cifar10"),
+    BenchmarkPlan("cifar10_ssl_cpu", "experiments/train_cifar_ssl.py", "--cifar10-root", "CIFAR10_ROOT",
+                  "data_cache/cifar10", cifar_cpu_grid,
+                  lambda root: os.path.isdir(os.path.join(root, "cifar-10-batches-py")),
+                  "no cifar-10-batches-py/ under {root} (see README, section Data)", synthetic_folder="cifar10",
+                  default=False),
     BenchmarkPlan("multimnist", "experiments/train_multimnist.py", "--mnist-root", "MNIST_ROOT", "data_cache/mnist",
                   multimnist_grid, mnist_present,
                   "no MNIST IDX files under {root} (--mnist-root or MNIST_ROOT; see README, section Data)",
