@@ -1,6 +1,7 @@
 """Semi-supervised CIFAR-10 as ARML (Shi et al., 2020) and the AuxiNash paper use it.
 
-Reads the standard ``cifar-10-batches-py/`` layout (pickled batches, md5 sums not checked). Seeded splits:
+Reads the standard ``cifar-10-batches-py/`` layout (pickled batches, unpickled by ``BatchUnpickler``, which admits
+only what a batch holds; md5 sums not checked). Seeded splits:
 45,000 train / 5,000 validation (early stopping) of the 50,000 training images, the 10,000 test images as test;
 a seeded, class-balanced labelled subset of the train split (``n_labeled``, 5,000 by default; the paper also
 uses 10,000). Every train image, labelled or not, feeds the self-supervised auxiliaries.
@@ -65,13 +66,56 @@ def batches_dir(root: str) -> str:
     return root if os.path.exists(os.path.join(root, "data_batch_1")) else os.path.join(root, "cifar-10-batches-py")
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickled batch names a global that CIFAR-10 batches never hold."""
+
+
+def _plain_dtype(*args):
+    """``numpy.dtype`` as a pickle calls it, for dtypes without Python objects only (an object array's items would
+    be unpickled as objects)."""
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise RefusedGlobal(f"it holds an array of Python objects (dtype {dtype})")
+    return dtype
+
+
+def _batch_globals() -> Dict[tuple, object]:
+    """The globals a CIFAR-10 batch is made of, under every name they are pickled with: NumPy's array
+    reconstruction (``numpy.core.multiarray`` in the original release, pickled by Python 2 with NumPy 1.x;
+    ``numpy._core.multiarray`` when NumPy 2 pickles a batch again, as ``data.synthetic.write_cifar10`` and
+    ../shared/datasets/make_cifar10_batches.py do), ``ndarray`` and ``dtype``; ``_codecs.encode`` builds ``bytes``
+    in a protocol-2 pickle written by Python 3 (torch's weights-only unpickler admits it for the same reason).
+    Dicts, lists, strings, bytes and ints need no global."""
+    import codecs
+    reconstruct = np.zeros(0).__reduce__()[0]  # the function itself, under either module name
+    return {("numpy.core.multiarray", "_reconstruct"): reconstruct, ("numpy._core.multiarray", "_reconstruct"):
+            reconstruct, ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _plain_dtype,
+            ("_codecs", "encode"): codecs.encode}
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 batch and nothing else: it looks up only ``_batch_globals()`` (Python's pickle
+    documentation, "Restricting Globals"), so a crafted batch file cannot run code; any other global is
+    ``RefusedGlobal``, naming it."""
+
+    def find_class(self, module: str, name: str):
+        found = _batch_globals().get((module, name))
+        if found is None:
+            raise RefusedGlobal(f"it needs {module}.{name}, which a CIFAR-10 batch never holds")
+        return found
+
+
 def read_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Images (N×32×32×3 uint8) and labels (N int64) of one pickled batch, checked."""
     if not os.path.exists(path):
         raise DatasetNotFoundError(f"CIFAR-10 batch file {path!r} not found.\n{HOW_TO_GET}")
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = BatchUnpickler(f, encoding="bytes").load()
+    except RefusedGlobal as error:
+        raise MalformedDatasetError(f"{path!r} was refused and nothing in it ran: {error}; a CIFAR-10 batch holds "
+                                    f"only a dict of bytes, numbers, lists and a uint8 numpy array. Get the batches "
+                                    f"again.\n{HOW_TO_GET}") from None
     except Exception as error:
         raise MalformedDatasetError(f"cannot unpickle {path!r}: {error}") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
@@ -190,15 +234,34 @@ def zca_cache_dir() -> str:
     return os.environ.get("AUXINASH_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "auxinash"))
 
 
+def _read_zca_cache(path: str, size: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """(mean, W) from a ZCA cache file, or None (with a warning naming the file) when it cannot be read with
+    ``weights_only=True`` or holds anything but a float64 mean of ``size`` and a ``size``×``size`` W."""
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        mean, matrix = stored["mean"], stored["matrix"]
+        if not (isinstance(mean, torch.Tensor) and isinstance(matrix, torch.Tensor) and mean.shape == (size,)
+                and matrix.shape == (size, size) and mean.dtype == matrix.dtype == torch.float64):
+            raise ValueError(f"expected a float64 mean of {size} and a {size}×{size} matrix")
+    except Exception as error:  # noqa: BLE001 - a damaged or foreign file: refit
+        reason = str(error.__context__ if isinstance(error.__context__, pickle.UnpicklingError) else error)
+        log.warning("ignoring the ZCA cache %s (%s: %s); fitting the whitening again and replacing it", path,
+                    type(error).__name__, reason.strip().split(" Please use `torch.serialization")[0])
+        return None
+    return mean, matrix
+
+
 def cached_zca(images: torch.Tensor, key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``fit_zca(images)``, remembered in memory and in ``$AUXINASH_CACHE`` (default ``~/.cache/auxinash``)
     under ``key`` (a hash of the raw training images): the 3072×3072 eigendecomposition takes minutes on a CPU.
-    An unwritable cache folder only costs the refit."""
+    An unwritable cache folder only costs the refit, and so does a cache file that is not two float64 tensors of
+    the right shapes: it is read with ``weights_only=True`` (a file that would run code on loading stops before
+    anything in it runs), and one that fails is named in a warning, fitted again and replaced."""
     if key not in _ZCA_MEMORY:
         path = os.path.join(zca_cache_dir(), f"zca-{key}.pt")
-        if os.path.exists(path):
-            stored = torch.load(path, map_location="cpu")
-            _ZCA_MEMORY[key] = (stored["mean"], stored["matrix"])
+        stored = _read_zca_cache(path, images[0].numel()) if os.path.exists(path) else None
+        if stored is not None:
+            _ZCA_MEMORY[key] = stored
         else:
             log.info("fitting ZCA whitening on %d images (cached afterwards in %s)", len(images), path)
             mean, matrix = fit_zca(images)

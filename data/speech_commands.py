@@ -18,10 +18,13 @@ non-integer-PCM format or a truncated header is named in the error), scaled to [
 or cropped to 1 s (16,000 samples) and turned into a log-magnitude STFT spectrogram (``Spectrogram``).
 
 ``--download`` (``download``) fetches the official archive with a progress bar, resumes a partial download
-(``<archive>.part``, HTTP Range) and extracts it into ROOT.
+(``<archive>.part``, HTTP Range), checks its size and SHA-256 against the published ones (``V002_ARCHIVE``) and
+only then extracts it into ROOT; a member that would land outside ROOT stops the extraction before anything is
+written.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tarfile
@@ -44,6 +47,10 @@ LISTS = {"val": "validation_list.txt", "test": "testing_list.txt"}
 V002_COUNTS = {"val": 3_643, "test": 4_107}  # the digit clips of v0.02's lists (the paper's counts)
 URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
 ARCHIVE = "speech_commands_v0.02.tar.gz"
+# (bytes, SHA-256) of the v0.02 archive as published: TensorFlow Datasets,
+# tensorflow_datasets/url_checksums/speech_commands.txt (the line for URL); the same SHA-256 is torchaudio's,
+# torchaudio/datasets/speechcommands.py _CHECKSUMS
+V002_ARCHIVE = (2_428_923_189, "af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58")
 HOW_TO_GET = (f"Get Google Speech Commands v0.02 ({URL}, about 2.3 GB) and extract it into ROOT, so that ROOT holds "
               f"the word folders (ROOT/zero/*.wav ... ROOT/nine/*.wav) and ROOT/validation_list.txt, "
               f"ROOT/testing_list.txt; or pass --download to fetch and extract it there (resumes a partial "
@@ -219,10 +226,16 @@ def binary_labels(clips: Sequence[Clip], words: Sequence[str] = WORDS) -> Dict[s
 # --------------------------------------------------------------------------------------------------------------
 
 def download(root: str, url: str = URL, opener: Callable = urllib.request.urlopen, chunk: int = 1 << 20,
-             keep_archive: bool = False) -> str:
+             keep_archive: bool = False, expected: Optional[Tuple[int, str]] = None) -> str:
     """Fetch ``url`` into ``root/<archive>.part`` with a progress bar, resuming a partial download with an HTTP
     Range request (a server that ignores it sends everything, and the download starts over), then extract it
-    into ``root`` and remove the archive (unless ``keep_archive``). Returns ``root``."""
+    into ``root`` and remove the archive (unless ``keep_archive``). Returns ``root``.
+
+    ``expected`` = (bytes, SHA-256) of the archive (``--download`` passes ``V002_ARCHIVE``): a part file shorter
+    than that is kept for the next run to resume; an archive of another size or digest is named in the error and
+    removed before anything is extracted. Every member is checked with tarfile's ``data`` filter (no path
+    outside ``root``, no links out of it, no devices) before the first one is written, so a refused archive is
+    never half-extracted; it is removed too."""
     from tqdm import tqdm
     os.makedirs(root, exist_ok=True)
     archive = os.path.join(root, os.path.basename(url.split("?")[0]) or ARCHIVE)
@@ -259,19 +272,58 @@ def download(root: str, url: str = URL, opener: Callable = urllib.request.urlope
                         f.write(block)
                         bar.update(len(block))
         size = os.path.getsize(partial)
+        if expected is not None and size < expected[0]:
+            total = expected[0]
         if total is not None and size != total:
             raise DatasetNotFoundError(f"the download of {url} stopped at {size} of {total} bytes; run again with "
                                        f"--download to resume it ({partial!r} is kept)")
         os.replace(partial, archive)
-    log.info("extracting %s into %s", archive, root)
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(root, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as error:
-        raise MalformedDatasetError(f"cannot extract {archive!r} ({error}): delete it and download again") from None
+    if expected is not None:
+        check_archive(archive, *expected)
+    _extract(archive, root)
     if not keep_archive:
         os.remove(archive)
     return root
+
+
+def check_archive(archive: str, size: int, sha256: str, chunk: int = 1 << 20) -> None:
+    """Remove ``archive`` and raise ``MalformedDatasetError`` naming it unless it has ``size`` bytes and SHA-256
+    ``sha256``."""
+    actual = os.path.getsize(archive)
+    digest = hashlib.sha256()
+    if actual == size:
+        with open(archive, "rb") as f:
+            for block in iter(lambda: f.read(chunk), b""):
+                digest.update(block)
+    if actual != size or digest.hexdigest() != sha256:
+        found = f"{actual} bytes" if actual != size else f"SHA-256 {digest.hexdigest()}"
+        os.remove(archive)
+        raise MalformedDatasetError(f"{archive!r} is not the published archive ({size} bytes, SHA-256 {sha256}; "
+                                    f"this one has {found}): it is truncated or altered, removed without "
+                                    f"extracting anything; run again with --download")
+
+
+def _extract(archive: str, root: str) -> None:
+    """Extract ``archive`` into ``root`` with tarfile's ``data`` filter, after checking every member with it: an
+    archive that cannot be read or holds a refused member is removed before anything is written."""
+    log.info("extracting %s into %s", archive, root)
+    tar = None
+    try:
+        tar = tarfile.open(archive)
+        members = tar.getmembers()
+        for member in members:
+            tarfile.data_filter(member, root)  # FilterError for a path or link out of root, a device
+    except (tarfile.TarError, EOFError) as error:
+        if tar is not None:
+            tar.close()
+        os.remove(archive)
+        raise MalformedDatasetError(f"{archive!r} was refused ({type(error).__name__}: {error}): removed without "
+                                    f"extracting anything; run again with --download") from None
+    try:
+        with tar:
+            tar.extractall(root, members=members, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise MalformedDatasetError(f"cannot extract {archive!r} ({error}): delete it and download again") from None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -296,7 +348,7 @@ class SpeechCommands:
         if normalise not in ("global", "none"):
             raise ValueError(f"normalise must be 'global' or 'none', got {normalise!r}")
         if download_missing and not os.path.isfile(os.path.join(root, LISTS["val"])):
-            download(root)
+            download(root, expected=V002_ARCHIVE)
         self.root, self.words, self.transform, self.normalise = root, tuple(words), transform, normalise
         self.subset_seed = seed if subset_seed is None else subset_seed
         self.synthetic = is_synthetic(root)

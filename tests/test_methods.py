@@ -91,7 +91,8 @@ def test_representation_gradients(model, batch):
     alpha = torch.as_tensor(solve_nash(rep_grads @ rep_grads.T))
     expected = torch.autograd.grad(h, model.shared_parameters(), grad_outputs=(alpha @ rep_grads).view_as(h))
     expected = torch.cat([e.reshape(-1) for e in expected])
-    _, shared, _ = run_backward(get_method("nashmtl", 3, max_norm=0.0), model, batch, representation=True)
+    _, shared, _ = run_backward(get_method("nashmtl", 3, max_norm=0.0, gradient_space="representation"), model, batch,
+                                representation=True)
     torch.testing.assert_close(shared, expected)
 
 
@@ -234,7 +235,7 @@ def test_state_round_trip_gives_same_next_update(name, model, batch):
     torch.save(method.state_dict(), buffer)
     buffer.seek(0)
     restored = get_method(name, 3, seed=123) if name in ("pcgrad", "auxilearn") else get_method(name, 3)
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
     twin = copy.deepcopy(model)
     for m, net in [(method, model), (restored, twin)]:
         m.meta_update(net.losses, batch, val_batch, net.shared_parameters())

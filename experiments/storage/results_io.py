@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import re
 import socket
 import subprocess
@@ -320,12 +321,45 @@ def move_aside(run_dir: str, keep: Sequence[str] = ("lock",)) -> Optional[str]:
     return aside
 
 
+def checkpoint_globals() -> List[Any]:
+    """What ``torch.load(weights_only=True)`` must admit beyond tensors, numbers, strings, dicts, lists and tuples
+    to read our checkpoints, each under the name the pickle gives it: NumPy's legacy RNG state
+    (``np.random.get_state()`` in ``training.loop.rng_state``: a uint32 array, rebuilt by ``_reconstruct``, and
+    its dtype). NumPy 1.x pickles ``numpy.core.multiarray._reconstruct``, NumPy 2.x
+    ``numpy._core.multiarray._reconstruct``; both name the function that ``ndarray.__reduce__`` returns today.
+    The dtype is pickled as ``numpy.dtype(...)`` plus a state that is set on an instance of its class
+    (``numpy.dtypes.UInt32DType`` since NumPy 1.25), so that class is admitted too, and no other dtype's: an object
+    array cannot be rebuilt. Objects, not strings, so that no module is imported by name
+    (``torch.serialization.safe_globals``; the (object, name) form: torch/_weights_only_unpickler.py
+    ``_get_user_allowed_globals``)."""
+    import numpy as np
+    reconstruct = np.zeros(0).__reduce__()[0]
+    return [(reconstruct, "numpy.core.multiarray._reconstruct"), (reconstruct, "numpy._core.multiarray._reconstruct"),
+            (np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype"),
+            (type(np.dtype(np.uint32)), "numpy.dtypes.UInt32DType")]
+
+
 def load_checkpoint(path: str, device) -> Dict[str, Any]:
-    """The checkpoint, or a ``RunError`` naming the file when it cannot be read."""
+    """The checkpoint, or a ``RunError`` naming the file when it cannot be read or needs more than a checkpoint of
+    this repository holds (README, "Results and resuming"): it is unpickled with ``weights_only=True``, which
+    admits tensors, numbers, strings, dicts, lists and tuples, plus ``checkpoint_globals()`` and nothing else, so a
+    file that would run code on loading stops before anything in it runs. The extra globals are admitted only
+    inside this call (``torch.serialization.safe_globals``; an entry the process had admitted itself is left as
+    it was)."""
     import torch
+    admitted = torch.serialization.get_safe_globals()
+    extra = [entry for entry in checkpoint_globals() if entry not in admitted]
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        with torch.serialization.safe_globals(extra):
+            state = torch.load(path, map_location=device, weights_only=True)
         missing = {"model", "optimizer", "scheduler", "method", "benchmark", "rng", "round", "step"} - set(state)
+    except pickle.UnpicklingError as error:  # torch re-raises the unpickler's own error with advice around it
+        reason = str(error.__context__ if isinstance(error.__context__, pickle.UnpicklingError) else error)
+        reason = reason.strip().split(" Please use `torch.serialization")[0]
+        raise RunError(f"the checkpoint {path} was not loaded and nothing in it ran ({reason.rstrip('.')}). A "
+                       f"checkpoint of this repository holds only tensors, numbers, strings, dicts, lists, tuples "
+                       f"and NumPy's RNG state, so this file is damaged or was written by something else: start the "
+                       f"run again with --force (the run's files are moved aside)") from None
     except Exception as error:  # noqa: BLE001 - torch raises many kinds on a damaged file
         raise RunError(f"the checkpoint {path} cannot be read ({type(error).__name__}: {error}); start the run "
                        f"again with --force (the damaged run is moved aside)") from None
