@@ -185,4 +185,4 @@ class ARML(GradientMethod):
                 continue
             noise = torch.randn(parameter.grad.shape, generator=self._generator, dtype=torch.float32)
             noise = noise.to(parameter.grad.device, parameter.grad.dtype)
-            parameter.grad.add_(noise * scale * (parameter.grad**2) ** 0.25)
+            parameter.grad.add_(noise * scale * parameter.grad.abs().sqrt())  # (∇²)^¼ without fp16's overflow of ∇²
