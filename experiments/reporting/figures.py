@@ -10,6 +10,7 @@ Only finished runs are drawn unless ``--include-unfinished``; the runs left out 
   whose main task it is (or the multi-task run); seed 0.
 - ``multimnist_figure2.png``: the paper's Figure 2 (``reporting/multimnist.py``).
 - ``multimnist_aux_weights.png``: issue 23's AuxiNash p and baseline weights (``reporting/multimnist_aux.py``).
+- ``cifar10_ssl_cpu_weights.png``: the CPU-scale CIFAR-10 preset's p and weights (``reporting/cifar_cpu.py``).
 The illustrative example draws its own figure (``experiments/train_toy.py``).
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from experiments.reporting import multimnist, multimnist_aux
+from experiments.reporting import cifar_cpu, multimnist, multimnist_aux
 from experiments.reporting.command import results_command
 from experiments.storage.results_io import (RUN_FILES, SPLIT, STEP, TRAIN_SPLIT, RunError, RunFolder, p_column,
                                             read_json, read_metrics, save_figure, select_runs, weight_column)
@@ -114,6 +115,7 @@ def make_figures(results: str = "results", include_unfinished: bool = False) -> 
                 written.append(path)
     written += multimnist.draw_figure(results, include_unfinished=include_unfinished)  # Figure 2
     written += multimnist_aux.draw_figure(results, include_unfinished=include_unfinished)  # p and weights
+    written += cifar_cpu.draw_figure(results, include_unfinished=include_unfinished)  # the CPU preset's weights
     return written
 
 

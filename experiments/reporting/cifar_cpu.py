@@ -1,0 +1,262 @@
+"""Semi-supervised CIFAR-10 at CPU scale (the plan's ``cifar10_ssl_cpu``, issue 33): the calibration, the table
+against the paper's Table 4 and the figure of the learned task weights.
+
+    python experiments/tables_cifar_cpu.py [--results results] [--include-unfinished]
+
+Reads every finished run (``status.json`` present) of ``<results>/cifar10_ssl_<n>/`` whose ``--tag`` starts with
+``cpu`` (the preset's runs; a paper-protocol run has no tag). A run's result is its test accuracy of the main task
+(``cls_acc``) at the evaluation round of its best validation accuracy (the paper's early stopping; the earliest
+round on ties). Writes
+
+- ``tables/cifar10_ssl_cpu.md`` and ``.csv``: per configuration (STL, Equal with both auxiliaries, Equal with one,
+  every other method with both), the test accuracy as mean ± std over seeds, the paired (same seed, hence the same
+  labelled subset) difference to STL and to LS (Equal with both), the rank of the mean, and the paper's 5K-label
+  column beside the paper's nine methods (labelled as the paper's); the Spearman correlation of our ranking of the
+  paper's nine methods with the paper's, once all nine have finished runs; and the calibration's verdict: the
+  protocol is kept when Equal with both auxiliaries beats STL by more than twice the std of the paired differences;
+- ``figures/cifar10_ssl_cpu_weights.png``: AuxiNash's bargaining power p per task over training (every seed) beside
+  each auxiliary's effect alone, and the mean weight per evaluation block that each other auxiliary-learning method
+  gives each auxiliary, divided by the main task's weight.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import sys
+from typing import List, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from experiments.storage.results_io import (PAPER_DIR, SPLIT, TRAIN_SPLIT, p_column, save_figure, weight_column,
+                                            write_frame, write_text)
+from experiments.reporting.command import left_out_note, results_command
+from experiments.reporting.multimnist import run_records, spearman
+from methods import METHOD_NAMES, METHODS, canonical_name
+
+log = logging.getLogger("tables_cifar_cpu")
+TAG = "cpu"  # the plan's CIFAR_CPU_TAG: every run of the preset carries it (single-auxiliary runs: cpu-<task>)
+MAIN = "cls"  # the main task's short name in metrics.csv (classification)
+AUXILIARIES = {"rot": "Rotation", "exemplar": "Exemplar-MT"}
+TASK_NAMES = {"classification": "cls", "rotation": "rot", "exemplar": "exemplar"}  # --tasks → column names
+CALIBRATION_FACTOR = 2.0  # keep the protocol if mean(Equal − STL) > 2 × std of the paired differences (issue 33)
+
+
+def benchmarks(results: str) -> List[str]:
+    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(results, "cifar10_ssl_*")) if os.path.isdir(p))
+
+
+def best_val(rows: pd.DataFrame) -> dict:
+    """Test accuracy at the round of the best validation accuracy (earliest on ties), and the rounds run."""
+    val = rows[rows[SPLIT] == "val"].set_index("round")[f"{MAIN}_acc"]
+    test = rows[rows[SPLIT] == "test"].set_index("round")[f"{MAIN}_acc"]
+    best = val.idxmax()
+    return {"best_round": int(best), "val": float(val[best]), "test": float(test[best]),
+            "last_test": float(test[test.index.max()]), "rounds": int(val.index.max()) + 1}
+
+
+def configuration(method: str, tasks: List[str]) -> str:
+    """The table's row: the method's label, with the auxiliaries named where it has not both."""
+    label = METHODS[method].label if method in METHODS else method
+    auxiliaries = [TASK_NAMES.get(t, t) for t in tasks[1:]]
+    if method == "stl" or sorted(auxiliaries) == sorted(AUXILIARIES):
+        return label
+    return f"{label} + {' + '.join(AUXILIARIES.get(a, a) for a in auxiliaries)} only"
+
+
+def collect_runs(results: str, finished_only: bool = True) -> pd.DataFrame:
+    """One row per preset run: configuration, method, seed, labels, the best-validation point, seconds."""
+    runs = []
+    for benchmark in benchmarks(results):
+        for run_dir, config, rows in run_records(results, benchmark, finished_only):
+            tag = config.get("tag") or ""
+            if not (tag == TAG or tag.startswith(TAG + "-")):
+                continue
+            try:
+                point = best_val(rows)
+            except (KeyError, ValueError) as error:
+                log.warning("skipping %s: %s", run_dir, error)
+                continue
+            method = canonical_name(config["method"])
+            tasks = list(config.get("tasks") or TASK_NAMES)
+            train = rows[rows[SPLIT] == TRAIN_SPLIT]
+            runs.append({"configuration": configuration(method, tasks), "method": method, "tag": tag,
+                         "seed": int(config["seed"]), "n_labeled": config.get("n_labeled"), **point,
+                         "hours": float(train["seconds"].sum()) / 3600, "run": os.path.relpath(run_dir, results),
+                         "device": config.get("device_name", "?"), "synthetic": bool(config.get("synthetic_data"))})
+    return pd.DataFrame(runs)
+
+
+def paired(runs: pd.DataFrame, configuration_name: str, baseline: str) -> pd.Series:
+    """Per seed, the configuration's test accuracy minus the baseline's (seeds that both have)."""
+    by_seed = runs.pivot_table(index="seed", columns="configuration", values="test")
+    if configuration_name not in by_seed or baseline not in by_seed:
+        return pd.Series(dtype=float)
+    return (by_seed[configuration_name] - by_seed[baseline]).dropna()
+
+
+def summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration: seeds, mean ± std, paired Δ to STL and to LS (mean, std, seeds above), rank."""
+    stl, ls = METHODS["stl"].label, METHODS["equal"].label
+    order = {name: i for i, name in enumerate(METHOD_NAMES)}
+    rows = []
+    for name, group in runs.groupby("configuration"):
+        row = {"configuration": name, "method": group.method.iloc[0], "seeds": len(group),
+               "seed_list": " ".join(str(s) for s in sorted(group.seed)), "mean": group.test.mean(),
+               "std": group.test.std(ddof=1) if len(group) > 1 else np.nan, "hours": group.hours.mean()}
+        for key, baseline in (("stl", stl), ("ls", ls)):
+            difference = paired(runs, name, baseline) if name != baseline else pd.Series(dtype=float)
+            row.update({f"vs_{key}": difference.mean() if len(difference) else np.nan,
+                        f"vs_{key}_std": difference.std(ddof=1) if len(difference) > 1 else np.nan,
+                        f"vs_{key}_above": int((difference > 0).sum()), f"vs_{key}_seeds": len(difference)})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["rank"] = table["mean"].rank(ascending=False, method="min").astype(int)
+    table["order"] = [order.get(m, len(order)) + (0.5 if " only" in c else 0)
+                      for m, c in zip(table.method, table.configuration)]
+    return table.sort_values(["order", "configuration"]).drop(columns="order").reset_index(drop=True)
+
+
+def paper_column() -> dict:
+    """The paper's Table 4, 5K labels: {row label: (mean, ±)} (``results/paper/cifar10_ssl.csv``)."""
+    path = os.path.join(PAPER_DIR, "cifar10_ssl.csv")
+    if not os.path.exists(path):
+        return {}
+    paper = pd.read_csv(path).set_index("method")
+    return {label: (row.acc_5k_labels, row.acc_5k_labels_pm) for label, row in paper.iterrows()}
+
+
+def calibration(table: pd.DataFrame) -> str:
+    """The issue's criterion on Equal (both auxiliaries) against STL, in words."""
+    ls = table[table.configuration == METHODS["equal"].label]
+    if ls.empty or ls.vs_stl_seeds.iloc[0] < 3:
+        return "Calibration: fewer than 3 seeds with both STL and Equal finished; no verdict yet."
+    mean, std, n = ls.vs_stl.iloc[0], ls.vs_stl_std.iloc[0], int(ls.vs_stl_seeds.iloc[0])
+    kept = mean > CALIBRATION_FACTOR * std
+    return (f"Calibration: Equal with both auxiliaries − STL = {mean:+.2f} points, std of the {n} paired differences "
+            f"{std:.2f}: {'above' if kept else 'not above'} {CALIBRATION_FACTOR:g} × std = "
+            f"{CALIBRATION_FACTOR * std:.2f}, so the protocol is {'kept' if kept else 'NOT kept'}.")
+
+
+def fmt(value, digits: int = 2, sign: bool = False) -> str:
+    if value is None or pd.isna(value):
+        return "–"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def write_table(results: str, runs: Optional[pd.DataFrame] = None, include_unfinished: bool = False) -> List[str]:
+    runs = collect_runs(results, not include_unfinished) if runs is None else runs
+    if runs.empty:
+        return []
+    out = os.path.join(results, "tables")
+    os.makedirs(out, exist_ok=True)
+    table = summary(runs)
+    paper = paper_column()
+    write_frame(os.path.join(out, "cifar10_ssl_cpu.csv"), runs.sort_values(["configuration", "seed"]))
+    labels = sorted(set(runs.n_labeled.dropna().astype(int)))
+    text = (f"Semi-supervised CIFAR-10 at CPU scale (preset cifar10_ssl_cpu, {', '.join(map(str, labels))} labels; "
+            f"devices: {', '.join(sorted(set(runs.device)))}): main-task test accuracy (%) at the best validation "
+            "accuracy, mean ± std over seeds; Δ = mean over seeds of (run − the same seed's STL or LS run) ± its std, "
+            "with the number of seeds above; rank of the mean among our rows. The paper's column is its Table 4 at "
+            "5K labels and the paper's protocol (WRN-28-2, 128 + 128 images, 50K iterations), not comparable in "
+            "level; new methods (not in the paper) have none.")
+    text += left_out_note(results, benchmarks(results), include_unfinished)
+    if runs.synthetic.any():
+        text = "SYNTHETIC SMOKE RUN, not a result. " + text
+    lines = [text, "", "| configuration | seeds | test acc. (%) | Δ STL | Δ LS | rank | hours per run | paper (5K) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in table.itertuples():
+        in_paper = getattr(METHODS.get(row.method), "in_paper", True) and " only" not in row.configuration
+        printed = paper.get(row.configuration) if in_paper else None
+        lines.append(f"| {row.configuration}{'' if getattr(METHODS.get(row.method), 'in_paper', True) else ' (not in the paper)'} | "
+                     f"{row.seeds} ({row.seed_list}) | {fmt(row.mean)} ± {fmt(row.std)} | "
+                     + (f"{fmt(row.vs_stl, sign=True)} ± {fmt(row.vs_stl_std)} ({row.vs_stl_above}/{row.vs_stl_seeds}) | "
+                        if row.vs_stl_seeds else "– | ")
+                     + (f"{fmt(row.vs_ls, sign=True)} ± {fmt(row.vs_ls_std)} ({row.vs_ls_above}/{row.vs_ls_seeds}) | "
+                        if row.vs_ls_seeds else "– | ")
+                     + f"{row.rank} | {fmt(row.hours)} | "
+                     + (f"{printed[0]:.2f} ± {printed[1]:.2f} |" if printed else "– |"))
+    lines += ["", calibration(table)]
+    nine = table[table.configuration.isin([METHODS[m].label for m in METHOD_NAMES])
+                 & table.method.isin(METHOD_NAMES)]
+    nine = nine[nine.configuration.isin(paper)]
+    if len(nine) == len(METHOD_NAMES):
+        rho = spearman(nine["mean"].reset_index(drop=True),
+                       pd.Series([paper[c][0] for c in nine.configuration]))
+        lines += ["", f"Spearman correlation of our ranking of the paper's nine methods with the paper's (5K labels): "
+                      f"{rho:+.2f}."]
+    else:
+        lines += ["", f"Spearman correlation with the paper's ranking: once all nine of the paper's methods have "
+                      f"finished runs ({len(nine)} of {len(METHOD_NAMES)} now)."]
+    path = os.path.join(out, "cifar10_ssl_cpu.md")
+    write_text(path, "\n".join(lines) + "\n")
+    return [path, os.path.join(out, "cifar10_ssl_cpu.csv")]
+
+
+def draw_figure(results: str, runs: Optional[pd.DataFrame] = None, include_unfinished: bool = False) -> List[str]:
+    """AuxiNash's p per task over training (every seed); the other auxiliary-learning methods' weight per
+    auxiliary relative to the main task's; each auxiliary's effect alone in the legend."""
+    runs = collect_runs(results, not include_unfinished) if runs is None else runs
+    if runs.empty:
+        return []
+    table = summary(runs)
+    effects = {}
+    for short, name in AUXILIARIES.items():
+        row = table[table.configuration == f"{METHODS['equal'].label} + {name} only"]
+        effects[short] = row.vs_stl.iloc[0] if len(row) else np.nan
+    learners = [m for m in METHOD_NAMES if METHODS[m].uses_main_task and m not in ("stl", "auxinash")]
+    both = runs[~runs.configuration.str.endswith(" only")]
+    panels = [m for m in ["auxinash", *learners] if m in set(both.method)]
+    if not panels:
+        return []
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    colours = {"cls": "black", "rot": "tab:blue", "exemplar": "tab:orange"}
+    for axis, method in zip(axes[0], panels):
+        for run in both[both.method == method].itertuples():
+            metrics = pd.read_csv(os.path.join(results, run.run, "metrics.csv"))
+            train = metrics[metrics[SPLIT] == TRAIN_SPLIT]
+            for task in ("cls", *AUXILIARIES):
+                if method == "auxinash":
+                    column, values = p_column(task), None
+                    if column in train:
+                        values = train[column]
+                else:
+                    column = weight_column(task)
+                    values = train[column] / train[weight_column(MAIN)] if column in train and task != MAIN else None
+                if values is None:
+                    continue
+                effect = f" (alone {fmt(effects.get(task), sign=True)})" if task in AUXILIARIES else " (main)"
+                label = (AUXILIARIES.get(task, "Classification") + effect) if run.seed == both.seed.min() else None
+                axis.plot(train["step"], values, color=colours[task], alpha=0.8, label=label)
+        axis.set_title(f"{METHODS[method].label}: " + ("bargaining power p" if method == "auxinash"
+                                                       else "weight / main task's"), fontsize=9)
+        axis.set_xlabel("iteration")
+        axis.legend(fontsize=7)
+    figure.suptitle("Semi-supervised CIFAR-10, CPU preset: task weights over training, every seed\n"
+                    "(alone: Equal with that auxiliary only − STL, test accuracy points)", fontsize=9)
+    figure.tight_layout()
+    path = os.path.join(results, "figures", "cifar10_ssl_cpu_weights.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_figure(figure, path, dpi=150)
+    plt.close(figure)
+    return [path]
+
+
+def make_all(results: str = "results", include_unfinished: bool = False) -> List[str]:
+    runs = collect_runs(results, not include_unfinished)
+    if runs.empty:
+        return []
+    return write_table(results, runs, include_unfinished) + draw_figure(results, runs, include_unfinished)
+
+
+def main(argv=None) -> int:
+    return results_command(__doc__, make_all, log, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Semi-supervised CIFAR-10 at CPU scale (issue 33): the plan's preset and its report (experiments/reporting/cifar_cpu.py)
+on a tiny hand-made results tree whose expected values are written out by hand below."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments.orchestration import plan, run_all
+from experiments.reporting import cifar_cpu
+from methods import METHOD_NAMES
+
+TASK_SHORT = {"classification": "cls", "rotation": "rot", "exemplar": "exemplar"}
+
+
+def write_run(results, method, tag, seed, tasks, test_acc, p=None, weights=None):
+    """A finished run folder as the loop writes one: two evaluation rounds, the second best on validation."""
+    folder = os.path.join(results, "cifar10_ssl_1k", f"{method}_{tag}",
+                          "main-all" if method in ("equal", "pcgrad", "cagrad", "nashmtl") else "main-cls",
+                          f"seed{seed}")
+    os.makedirs(folder)
+    rows = []
+    short = [TASK_SHORT[t] for t in tasks]
+    for r in range(2):
+        train = {"round": r, "step": 250 * (r + 1), "split": "train", "seconds": 1800.0}
+        train.update({f"weight_{t}": (weights or {}).get(t, 1.0) for t in short})
+        if p is not None:
+            train.update({f"p_{t}": 1.0 if r == 0 else p[t] for t in short})
+        rows += [train, {"round": r, "step": 250 * (r + 1), "split": "val", "cls_acc": 40.0 + r},
+                 {"round": r, "step": 250 * (r + 1), "split": "test", "cls_acc": test_acc - 10 * (1 - r)}]
+    pd.DataFrame(rows).to_csv(os.path.join(folder, "metrics.csv"), index=False)
+    config = {"method": method, "seed": seed, "tasks": tasks, "tag": tag, "n_labeled": 1000, "identity_digest": "x",
+              "device_name": "cpu", "synthetic_data": False}
+    json.dump(config, open(os.path.join(folder, "config.json"), "w"))
+    json.dump({"finished": True, "identity_digest": "x"}, open(os.path.join(folder, "status.json"), "w"))
+
+
+def test_report_pairs_seeds_and_gives_the_calibration_verdict(tmp_path):
+    results = str(tmp_path)
+    both = ["classification", "rotation", "exemplar"]
+    for seed, base in ((0, 50.0), (1, 52.0), (2, 51.0)):
+        write_run(results, "stl", "cpu", seed, ["classification"], base)
+        write_run(results, "equal", "cpu", seed, both, base + 3.0 + 0.5 * seed)  # Δ STL = 3.0, 3.5, 4.0
+        write_run(results, "equal", "cpu-rotation", seed, ["classification", "rotation"], base + 2.0)
+        write_run(results, "equal", "cpu-exemplar", seed, ["classification", "exemplar"], base - 1.0)
+    write_run(results, "auxinash", "cpu", 0, both, 54.0, p={"cls": 1.2, "rot": 1.1, "exemplar": 0.7})
+    # a paper-protocol run (no tag) in the same benchmark folder is not the preset's
+    write_run(results, "stl", "", 0, ["classification"], 99.0)
+    runs = cifar_cpu.collect_runs(results)
+    assert len(runs) == 13
+    assert runs[(runs.configuration == "STL") & (runs.seed == 0)].test.tolist() == [50.0]  # round 1 is best on val
+    table = cifar_cpu.summary(runs).set_index("configuration")
+    ls = table.loc["LS"]
+    assert ls.vs_stl == pytest.approx(3.5) and ls.vs_stl_std == pytest.approx(0.5) and ls.vs_stl_seeds == 3
+    assert table.loc["LS + Rotation only"].vs_stl == pytest.approx(2.0)
+    assert table.loc["LS + Exemplar-MT only"].vs_ls == pytest.approx(-4.5)  # −1 − 3.5
+    assert table.loc["AuxiNash"].vs_stl == pytest.approx(4.0) and table.loc["AuxiNash"].vs_stl_seeds == 1
+    # means: LS 54.5, AuxiNash 54, Rotation only 53, STL 51, Exemplar-MT only 50
+    assert [table.loc[c]["rank"] for c in ("LS", "AuxiNash", "LS + Rotation only", "STL", "LS + Exemplar-MT only")] \
+        == [1, 2, 3, 4, 5]
+    verdict = cifar_cpu.calibration(table.reset_index())
+    assert "+3.50" in verdict and "kept" in verdict and "NOT" not in verdict  # 3.5 > 2 × 0.5
+    written = cifar_cpu.make_all(results)
+    text = open(os.path.join(results, "tables", "cifar10_ssl_cpu.md")).read()
+    assert "| AuxiNash | 1 (0) | 54.00 ± – | +4.00" in text and "87.01 ± 0.52" in text  # the paper's column beside
+    assert "(4 of 9 now)" in text or "of 9 now" in text
+    assert os.path.join(results, "figures", "cifar10_ssl_cpu_weights.png") in written
+
+
+def test_calibration_verdict_rejects_a_noisy_gain():
+    table = pd.DataFrame([{"configuration": "LS", "vs_stl": 1.0, "vs_stl_std": 0.6, "vs_stl_seeds": 3}])
+    assert "NOT kept" in cifar_cpu.calibration(table)  # 1.0 < 2 × 0.6
+
+
+def test_preset_is_tagged_not_default_and_covers_the_registry():
+    assert "cifar10_ssl_cpu" not in plan.DEFAULT_BENCHMARKS
+    args = run_all.parser().parse_args(["--benchmarks", "cifar10_ssl_cpu", "--seeds", "0 1 2"])
+    commands = run_all.build_commands(args, list_only=True)[0]
+    assert len(commands) == 3 * (len(METHOD_NAMES) + len(plan.CIFAR_CPU_SINGLES))
+    assert all(" --tag cpu" in line for line in commands)  # never a paper-protocol run folder
+    for seed in "012":
+        seed_lines = [line for line in commands if line.endswith(f"--seed {seed} --out results --resume")]
+        labels = {line.split("--n-labeled ")[1].split()[0] for line in seed_lines}
+        assert labels == {"1000"}  # one labelled subset size; the subset itself is drawn from the seed
+    assert np.unique([line.split("--tag ")[1].split()[0] for line in commands]).tolist() == [
+        "cpu", "cpu-exemplar", "cpu-rotation"]
