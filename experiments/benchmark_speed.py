@@ -152,7 +152,7 @@ class Workload:
         return losses, captured["z"]
 
     def method_step(self, method) -> Callable[[], None]:
-        fast = getattr(method, "fast", False)
+        fast = method.gradient_space == "representation"  # fast mode and --representation alike
 
         def step() -> None:
             self.optimizer.zero_grad(set_to_none=True)

@@ -7,7 +7,8 @@
 
 ``METHODS`` is the one registry: every list of methods in the repository (training scripts' flags, run_all's
 grid, tables, figures, the speed benchmark) reads it and each class's declarations (``Settings``, ``label``,
-``uses_main_task``, ``has_meta_update``; see ``settings.py``). Adding a method = its file + one line below.
+``uses_main_task``, ``has_meta_update``, ``in_paper``, the hooks' ``meta_interval`` and ``needs_after_step``; see
+``base.py`` and ``settings.py``). Adding a method = its file + one line below.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 
 from .auxilearn import AuxiLearn
 from .auxinash import AuxiNash
-from .base import FixedWeightMethod, GradientMethod, WeightMethod
+from .base import BackwardResult, FixedWeightMethod, GradientMethod, WeightMethod
 from .cagrad import CAGrad
 from .equal import Equal
 from .gcs import GCS
@@ -41,6 +42,11 @@ METHODS: Dict[str, Type[WeightMethod]] = {
 ALIASES = {"ls": "equal", "nash_mtl": "nashmtl", "ol_aux": "olaux"}
 METHOD_NAMES = tuple(METHODS)
 """Methods in the paper's table order: multi-task methods, then auxiliary-learning methods."""
+
+
+def paper_methods() -> tuple:
+    """The registered methods that are in the paper (``in_paper``): ``./run_all.sh``'s default ``--methods``."""
+    return tuple(name for name, cls in METHODS.items() if cls.in_paper)
 
 
 def canonical_name(name: str) -> str:
@@ -69,5 +75,5 @@ def get_method(name: str, n_tasks: int, main_task: int = 0, device: torch.device
     return METHODS[key](n_tasks=n_tasks, main_task=main_task, device=device, **kwargs)
 
 
-__all__ = ["METHOD_NAMES", "METHODS", "get_method", "method_settings", "canonical_name", "WeightMethod", "GradientMethod",
-           "FixedWeightMethod", *[cls.__name__ for cls in METHODS.values()]]
+__all__ = ["METHOD_NAMES", "METHODS", "get_method", "method_settings", "canonical_name", "paper_methods", "WeightMethod",
+           "GradientMethod", "FixedWeightMethod", "BackwardResult", *[cls.__name__ for cls in METHODS.values()]]

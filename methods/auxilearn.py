@@ -20,6 +20,10 @@ AuxiLearn rows ran; it drives the auxiliary weights towards 0. We then hand φ t
 default (False) is the AuxiLearn paper's method: φ learns from the hypergradient alone. Either way the network
 is clamped non-negative before every use, as the official ``get_weighted_loss`` does (``self.clamp()``).
 
+With gradient accumulation (``accumulate`` per micro-batch, then ``backward_accumulated``) the network's weights
+are taken at the sum of the micro-batches' loss values (the union batch's mean losses under the usual idiom) and
+applied to the summed per-task gradients: K backward passes per micro-batch instead of one.
+
 Losses of any floating dtype are accepted (e.g. a float64 model): the network runs in its own dtype (float32
 unless built under another default) and the weights it returns are cast back to the losses' dtype.
 """
@@ -31,8 +35,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from .base import WeightMethod
-from .distributed import average_grads_, differentiable_mean
+from .base import BackwardResult, WeightMethod, reduce_gradients
+from .distributed import average_grads_, average_one, differentiable_mean
+from .gradients import accumulation_dtype, per_task_gradients, write_grad
 from .implicit import implicit_hypergradient
 from .settings import setting
 
@@ -138,24 +143,55 @@ class AuxiLearn(WeightMethod):
     def _network_input(self, losses: torch.Tensor) -> torch.Tensor:
         return losses.to(next(self.network.parameters()).dtype)
 
-    def backward(self, losses, shared_parameters=(), task_specific_parameters=(), representation=None):
-        # the network's weights are taken at the losses' values averaged over the ranks under torch.distributed
-        # (the union batch's mean losses); ``values`` is ``losses.detach()`` otherwise
-        values, shared, specific = self.check_inputs(losses, shared_parameters, task_specific_parameters,
-                                                     representation)
+    def _weights_at(self, values: torch.Tensor):
+        """∂h_φ/∂L at the loss values (the per-task weights), and with ``train_on_loss`` the network's parameters
+        with ∂h_φ/∂φ."""
         self.network.clamp_()
         detached = self._network_input(values).requires_grad_(True)
         parameters = list(self.network.parameters()) if self.train_on_loss else []
         with torch.enable_grad():
             weights, *parameter_grads = torch.autograd.grad(self.network(detached), [detached, *parameters])
+        return weights, parameters, parameter_grads
+
+    def backward(self, losses, shared_parameters, task_specific_parameters=(), representation=None
+                 ) -> BackwardResult:
+        # the network's weights are taken at the losses' values averaged over the ranks under torch.distributed
+        # (the union batch's mean losses); ``values`` is ``losses.detach()`` otherwise
+        values, shared, specific = self.check_inputs(losses, shared_parameters, task_specific_parameters,
+                                                     representation)
+        weights, parameters, parameter_grads = self._weights_at(values)
         losses.backward(weights.to(losses.dtype))  # = ∇_θ h_φ(L(θ)): the chain rule through the network
         average_grads_(shared + specific)  # torch.distributed: the union batch's gradient (no-op otherwise)
+        return self._finish(weights, losses.dtype, parameters, parameter_grads)
+
+    def _finish(self, weights, dtype, parameters, parameter_grads) -> BackwardResult:
         for parameter, gradient in zip(parameters, parameter_grads):  # ∂L_T/∂φ for the main optimiser
             parameter.grad = gradient if parameter.grad is None else parameter.grad + gradient
         self.step += 1
-        return {"weights": weights.detach().to(losses.dtype)}
+        return BackwardResult(weights=weights.detach().to(dtype))
 
-    def meta_update(self, compute_losses, train_batch, val_batch, shared_parameters) -> Dict[str, torch.Tensor]:
+    def accumulate(self, losses, shared_parameters, task_specific_parameters=(), representation=None) -> None:
+        values, shared, specific = self.check_inputs(losses, shared_parameters, task_specific_parameters,
+                                                     representation, call="accumulate")
+        self.start_accumulation(values, shared, specific).add_gradients(per_task_gradients(losses, shared, specific))
+
+    def backward_accumulated(self) -> BackwardResult:
+        """Σ_k w_k Σ_m ∇L_k^m with w = ∂h_φ/∂L at Σ_m L^m (the loss values summed over the micro-batches)."""
+        accumulation = self.finish_accumulation()
+        weights, parameters, parameter_grads = self._weights_at(accumulation.loss_sum)
+        grads = reduce_gradients(accumulation.gradients, accumulation.shared, accumulation.specific)
+        dtype = accumulation_dtype(grads.shared.dtype)
+        combination = weights.detach().to(grads.shared.device, dtype)
+        write_grad(accumulation.shared, combination @ grads.shared.to(dtype), grads.shared_used)
+        if accumulation.specific:
+            write_grad(accumulation.specific, average_one(combination @ grads.task_specific.to(dtype)),
+                       grads.specific_used)
+        return self._finish(weights, accumulation.loss_sum.dtype, parameters, parameter_grads)
+
+    def meta_update(self, compute_losses, train_batch, val_batch, shared_parameters, task_specific_parameters=()
+                    ) -> Dict[str, torch.Tensor]:
+        """One SGD step of the network on the implicit hypergradient over the shared parameters (as the official
+        code: ``task_specific_parameters`` is not used)."""
         self.network.clamp_()  # the main optimiser may have moved it (train_on_loss)
         shared = list(shared_parameters)
         val_loss = compute_losses(val_batch)[self.main_task]

@@ -5,7 +5,8 @@ Nash bargaining solution for bargaining powers p; the shared gradient is then cl
 (1.0, as in Nash-MTL). The task-specific parameters get Σ_k α_k ∇L_k, as the official code's weighted loss
 gives them.
 
-Bargaining power (Sec. 4, Alg. 1): every ``meta_update`` call (the loop calls it every 25 steps by default)
+Bargaining power (Sec. 4, Alg. 1): every ``meta_update`` call (the loop calls it every ``--meta-every`` = 25
+optimiser steps by default)
 
     dL_V/dp = dL_V/dα · dα/dp,    dα/dp = (M + diag(p/α²))⁻¹ diag(1/α),
     dL_V/dα_k = −∇_θ L_Vᵀ H⁻¹ g_k                     (implicit differentiation through θ*(α)),
@@ -18,11 +19,12 @@ momentum 0.9), is clamped at ≥ 1e-4 and rescaled to sum to K: the official cod
 
 ``p`` given and ``learn_p=False`` is the paper's fixed-p ablation (Table 8); p = 1 is Nash-MTL.
 
-Fast mode (``fast=True``, the trainers' ``--fast``; not in the paper, issue 24): the K per-task gradients are
-taken with respect to the shared representation z (the encoder's output, which the training loop then hands to
-``backward``) instead of the shared parameters θ, α solves the bargaining condition on the representation Gram
-matrix M_z = G_z G_zᵀ, and one backward pass of Σ_k α_k L_k (through the encoder) gives every parameter its
-update. The K backward passes then stop at z (they run through the task heads only), so a step costs about one
+Fast mode (``fast=True``, the trainers' ``--fast``; not in the paper, issue 24) is ``gradient_space=
+"representation"`` (the trainers' ``--representation``), the same computation under a second name: the K per-task
+gradients are taken with respect to the shared representation z (the encoder's output, which the training loop
+then hands to ``backward``) instead of the shared parameters θ, α solves the bargaining condition on the
+representation Gram matrix M_z = G_z G_zᵀ, and one backward pass of Σ_k α_k L_k (through the encoder) gives every
+parameter its update. The K backward passes then stop at z (they run through the task heads only), so a step costs about one
 forward and one backward pass: linear scalarisation's cost. What it approximates:
 
 * the Gram matrix: with J = ∂z/∂θ, the parameter gradients are g_θ,k = Jᵀ g_z,k and the exact method's Gram
@@ -41,9 +43,11 @@ forward and one backward pass: linear scalarisation's cost. What it approximates
 
 The official Nash-MTL code (AvivNavon/nash-mtl, ``methods/weight_methods.py``) has no representation variant of
 Nash-MTL: its ``NashMTL.backward`` accepts ``representation`` and ignores it (only MGDA's ``params="rep"``,
-MGDA-UB, uses it); its cheaper option is ``update_weights_every`` (α reused between solves), which is the
-separate switch here (``update_weights_every``; on the other steps one backward of Σ_k α_k L_k with the last
-solve's α). Both switches default to the exact method.
+MGDA-UB, uses it), and so does the official AuxiNash code; ours ignores it too, with one warning, unless
+``gradient_space="representation"`` (or ``fast``) asks for it. Their cheaper option is ``update_weights_every``
+(α reused between solves), which is the separate switch here (``update_weights_every``; on the other steps one
+backward of Σ_k α_k L_k with the last solve's α, counted in optimiser steps). Both switches default to the exact
+method.
 """
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .base import GradientMethod, LossFunction
+from .base import BackwardResult, GradientMethod, LossFunction, gradient_space_setting
 from .gradients import TaskGradients
 from . import implicit
 from .implicit import HVP_MODES, MIXED_MODES, implicit_hypergradient, weighted_sum_hypergradient
@@ -87,11 +91,14 @@ class AuxiNashSettings:
     hvp: Optional[str] = setting(None, "Hessian-vector products of the meta-update (None: implicit.DEFAULT_HVP_MODE)",
                                  "ours (both exact)", choices=HVP_MODES)
     fast: bool = setting(False, "fast mode: per-task gradients w.r.t. the shared representation, then one backward "
-                         "of the weighted loss (an approximation: see the module docstring)",
+                         "of the weighted loss (an approximation: see the module docstring); the same as "
+                         "gradient_space='representation'",
                          "ours (issue 24); Nash-MTL's cheaper option is update_weights_every")
     mixed_term: str = setting("gradients", "how the meta-update's mixed term is computed (same value): K plain "
                               "gradients, or the official double backward", "ours; 'double_backward' = official code",
                               choices=MIXED_MODES)
+    gradient_space: str = gradient_space_setting(OFFICIAL + " (the shared parameters; its backward ignores the "
+                                                 "representation it is passed)")
 
 
 class AuxiNash(GradientMethod):
@@ -122,8 +129,9 @@ class AuxiNash(GradientMethod):
         hvp: Optional[str] = AuxiNashSettings.hvp,
         fast: bool = AuxiNashSettings.fast,
         mixed_term: str = AuxiNashSettings.mixed_term,
+        gradient_space: str = AuxiNashSettings.gradient_space,
     ) -> None:
-        super().__init__(n_tasks, main_task, device)
+        super().__init__(n_tasks, main_task, device, "representation" if fast else gradient_space)
         if solver not in SOLVERS:
             raise ValueError(f"unknown Nash solver {solver!r}; choose one of {SOLVERS}")
         if update_weights_every < 1:
@@ -139,7 +147,7 @@ class AuxiNash(GradientMethod):
         self.min_p = min_p
         self.solver = solver
         self.mixed_term = mixed_term  # "gradients" or "double_backward" (same value; ``implicit``)
-        self.fast = fast  # per-task gradients w.r.t. the shared representation (module docstring)
+        self.fast = self.gradient_space == "representation"  # fast mode = the representation's gradients
         self.hvp = hvp  # Hessian-vector products: "reverse", "forward" or None (``implicit.DEFAULT_HVP_MODE``)
         self._cvxpy: Optional[CvxpyNashSolver] = None
         initial = torch.ones(n_tasks, dtype=torch.float64) if p is None else torch.as_tensor(p, dtype=torch.float64)
@@ -183,13 +191,16 @@ class AuxiNash(GradientMethod):
         weights = self.alpha.to(grads.shared.device)  # float64; the base casts it for the combination
         return weights, weights, {"weights": weights}
 
-    def backward(self, losses, shared_parameters, task_specific_parameters=(), representation=None):
-        if self.fast and representation is None and self.reused_weights() is None:
-            raise ValueError(f"{type(self).__name__}(fast=True) takes the per-task gradients with respect to the "
-                             "shared representation: pass backward(..., representation=<the encoder's output>)")
-        info = super().backward(losses, shared_parameters, task_specific_parameters, representation)
+    def backward(self, losses, shared_parameters, task_specific_parameters=(), representation=None
+                 ) -> BackwardResult:
+        return self._with_p(super().backward(losses, shared_parameters, task_specific_parameters, representation))
+
+    def backward_accumulated(self) -> BackwardResult:
+        return self._with_p(super().backward_accumulated())
+
+    def _with_p(self, info: BackwardResult) -> BackwardResult:
         if self.reports_p:
-            info["p"] = self.p.to(losses.device, torch.float32)
+            info["p"] = self.p.to(info["weights"].device, torch.float32)
         return info
 
     def p_hypergradient(
@@ -218,7 +229,10 @@ class AuxiNash(GradientMethod):
         train_batch,
         val_batch,
         shared_parameters: Iterable[torch.Tensor],
+        task_specific_parameters: Iterable[torch.Tensor] = (),
     ) -> Dict[str, torch.Tensor]:
+        """One SGD step of p (module docstring); θ of the implicit differentiation is the shared parameters alone,
+        as in the official code, so ``task_specific_parameters`` is not used."""
         if not self.learn_p:
             return {}
         gradient = self.p_hypergradient(compute_losses, train_batch, val_batch, shared_parameters)

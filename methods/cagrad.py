@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import GradientMethod
+from .base import GradientMethod, gradient_space_setting
 from .gradients import TaskGradients
 from .settings import setting
 
@@ -34,6 +34,8 @@ class CAGradSettings:
 
     c: float = setting(0.4, "radius of the ball around the average gradient, in units of its norm",
                        "Nash-MTL's experiments (AvivNavon/nash-mtl) and the official AuxiNash code: c = 0.4", allow_zero=True)
+    gradient_space: str = gradient_space_setting("CAGrad code (Cranial-XIX/CAGrad, grad2vec of the shared "
+                                                 "parameters) and the official AuxiNash code")
 
 EPS = 1e-8  # inside the square root, as in the reference implementation
 
@@ -90,8 +92,9 @@ class CAGrad(GradientMethod):
     has_meta_update = False
     uses_main_task = False  # a multi-task method: one model serves every task
 
-    def __init__(self, n_tasks: int, main_task: int = 0, device=None, c: float = CAGradSettings.c) -> None:
-        super().__init__(n_tasks, main_task, device)
+    def __init__(self, n_tasks: int, main_task: int = 0, device=None, c: float = CAGradSettings.c,
+                 gradient_space: str = CAGradSettings.gradient_space) -> None:
+        super().__init__(n_tasks, main_task, device, gradient_space)
         self.c = c
 
     def combine(self, grads: TaskGradients):

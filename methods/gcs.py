@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import GradientMethod
+from .base import GradientMethod, gradient_space_setting
 from .gradients import TaskGradients
 from .settings import setting
 
@@ -22,6 +22,8 @@ class GCSSettings:
 
     weighted: bool = setting(False, "scale each auxiliary gradient by its positive cosine (False: keep or drop it)",
                              "Du et al. 2018 Alg. 1 (unweighted) and Sec. 3 (weighted); the official AuxiNash code")
+    gradient_space: str = gradient_space_setting("Du et al. 2018 Alg. 1 (cosines of the shared parameters' "
+                                                 "gradients), as the official AuxiNash code")
 
 
 class GCS(GradientMethod):
@@ -31,8 +33,9 @@ class GCS(GradientMethod):
     label = "GCS"
     has_meta_update = False
 
-    def __init__(self, n_tasks: int, main_task: int = 0, device=None, weighted: bool = GCSSettings.weighted) -> None:
-        super().__init__(n_tasks, main_task, device)
+    def __init__(self, n_tasks: int, main_task: int = 0, device=None, weighted: bool = GCSSettings.weighted,
+                 gradient_space: str = GCSSettings.gradient_space) -> None:
+        super().__init__(n_tasks, main_task, device, gradient_space)
         self.weighted = weighted
 
     def combine(self, grads: TaskGradients):

@@ -28,10 +28,15 @@ Hessian-vector products are exact, by one of two modes (``hvp``):
 The tangent is put on the parameters in place rather than through ``torch.func.functional_call``, because the
 meta-update interface hands over a loss function and the parameter list, not the module; both modes give the
 same products (``tests/test_speed_paths.py``: float64, relative difference ≤ 1e-10).
+
+Neither mode runs through a ``torch.compile``'d module (torch 2.x: its backward cannot be differentiated again,
+nor carry forward-mode tangents); the hypergradients then raise an error that names the fix: the loss function
+calls the uncompiled module (``model._orig_mod``), which shares the compiled one's parameters.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 import torch
@@ -140,6 +145,33 @@ def forward_over_reverse(
     return products
 
 
+COMPILED_FIX = ("let the meta-update's compute_losses call the uncompiled module, model._orig_mod for model = "
+                "torch.compile(model): it shares the compiled module's parameters, so backward may keep using the "
+                "compiled one")
+
+
+def _explain_compiled(function):
+    """Re-raise the errors torch gives for a second-order pass through a ``torch.compile``'d module (double
+    backward, forward-mode tangents) with what to do instead (``COMPILED_FIX``)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except NotImplementedError as error:  # a RuntimeError: caught first
+            if "forward mode AD" not in str(error):
+                raise
+            raise NotImplementedError(f"hvp='forward' pushes forward-mode tangents through the model, which a "
+                                      f"torch.compile'd module (or another autograd.Function without a jvp) does not "
+                                      f"support ({error}); {COMPILED_FIX}") from error
+        except RuntimeError as error:
+            if "double backward" not in str(error):
+                raise
+            raise RuntimeError(f"the meta-update differentiates the training loss twice (Hessian-vector products), "
+                               f"which a torch.compile'd module does not support ({error}); {COMPILED_FIX}") from error
+    return wrapper
+
+
+@_explain_compiled
 def implicit_hypergradient(
     val_loss: torch.Tensor,
     train_loss: TrainLoss,
@@ -213,6 +245,7 @@ def _forward_hypergradient(val_gradient, train_loss, parameters, hyper_parameter
 MIXED_MODES = ("gradients", "double_backward")
 
 
+@_explain_compiled
 def weighted_sum_hypergradient(
     val_loss: torch.Tensor,
     train_losses: Union[torch.Tensor, Callable[[], torch.Tensor]],

@@ -2,9 +2,10 @@
 
 The symmetric Nash bargaining solution, Δθ = Σ_k α_k g_k with α_k (GᵀGα)_k = 1 (their Eq. 2): AuxiNash with
 every bargaining power fixed at 1. ``update_weights_every`` reuses α between solves (one backward of the
-weighted loss on the other steps) and ``max_norm`` clips the shared gradient, as in their code. ``fast``:
-per-task gradients with respect to the shared representation (see ``auxinash``'s module docstring: not in the
-official Nash-MTL code, whose ``NashMTL`` ignores the representation it is passed).
+weighted loss on the other steps) and ``max_norm`` clips the shared gradient, as in their code. ``fast`` (the same
+as ``gradient_space="representation"``): per-task gradients with respect to the shared representation (see
+``auxinash``'s module docstring: not in the official Nash-MTL code, whose ``NashMTL`` ignores the representation
+it is passed).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .auxinash import SOLVERS, AuxiNash
+from .base import gradient_space_setting
 from .settings import setting
 
 NASH_MTL = "Nash-MTL code (AvivNavon/nash-mtl, methods/weight_methods.py NashMTL)"
@@ -29,6 +31,8 @@ class NashMTLSettings:
     fast: bool = setting(False, "fast mode: per-task gradients w.r.t. the shared representation, then one backward "
                          "of the weighted loss (an approximation: see methods/auxinash.py)",
                          "ours (issue 24); the Nash-MTL code's representation argument is unused")
+    gradient_space: str = gradient_space_setting(NASH_MTL + " (the shared parameters; its backward ignores the "
+                                                 "representation it is passed)")
 
 
 class NashMTL(AuxiNash):
@@ -49,6 +53,8 @@ class NashMTL(AuxiNash):
         update_weights_every: int = NashMTLSettings.update_weights_every,
         solver: str = NashMTLSettings.solver,
         fast: bool = NashMTLSettings.fast,
+        gradient_space: str = NashMTLSettings.gradient_space,
     ) -> None:
         super().__init__(n_tasks, main_task, device, p=None, learn_p=False, max_norm=max_norm,
-                         update_weights_every=update_weights_every, solver=solver, fast=fast)
+                         update_weights_every=update_weights_every, solver=solver, fast=fast,
+                         gradient_space=gradient_space)

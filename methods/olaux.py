@@ -34,17 +34,18 @@ at the end of every ``interval``-th iteration (this iteration's update still use
 ``quadratic.py``). With the same β this step is ~N times ARML's. Lin et al.'s RL code uses N = 5 and a step
 size tied to its critic's learning rate (``olaux/main.py``); we keep β and N as arguments.
 
-Both forms count the iterations themselves in ``backward`` (``self.step``, saved with the state), so
+Both forms count the iterations themselves in ``backward`` (``self.step``, saved with the state: optimiser
+steps, so with gradient accumulation an interval counts ``backward_accumulated`` calls, not micro-batches), and
 ``meta_update`` is a no-op.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import List, Optional
 
 import torch
 
-from .base import GradientMethod
+from .base import BackwardResult, GradientMethod, gradient_space_setting
 from .gradients import TaskGradients
 from .settings import setting
 
@@ -64,6 +65,8 @@ class OLAUXSettings:
                         "'accumulated': dot products summed over the interval (Lin et al.'s Alg. 1)",
                         ARML + " SSL/train.py; Lin et al. 2019 Alg. 1", choices=FORMS)
     initial_weight: float = setting(1.0, "initial weight of every auxiliary", ARML + " SSL/lib/task_weighter.py", allow_zero=True)
+    gradient_space: str = gradient_space_setting(ARML + " SSL/lib/task_weighter.py (the shared parameters: "
+                                                 "model.parameters() without the heads)")
 
 
 class OLAUX(GradientMethod):
@@ -76,8 +79,9 @@ class OLAUX(GradientMethod):
 
     def __init__(self, n_tasks: int, main_task: int = 0, device=None, lr: float = OLAUXSettings.lr,
                  interval: int = OLAUXSettings.interval, form: str = OLAUXSettings.form,
-                 initial_weight: float = OLAUXSettings.initial_weight) -> None:
-        super().__init__(n_tasks, main_task, device)
+                 initial_weight: float = OLAUXSettings.initial_weight,
+                 gradient_space: str = OLAUXSettings.gradient_space) -> None:
+        super().__init__(n_tasks, main_task, device, gradient_space)
         if form not in FORMS:
             raise ValueError(f"OL-AUX form must be one of {FORMS} (--olaux-form), got {form!r}")
         if int(interval) != interval or interval < 1:
@@ -93,6 +97,10 @@ class OLAUX(GradientMethod):
         """True on iterations interval, 2·interval, ... (``self.step`` counts the iterations before this one)."""
         return (self.step + 1) % self.interval == 0
 
+    def _weight_iteration(self) -> bool:
+        """ARML's weight iteration: the weights step on this batch and the model does not."""
+        return self.form == "arml" and self._update_due()
+
     def _step_weights(self, dots: torch.Tensor) -> None:
         """w ← max(0, w + β · dots), the main task's weight kept at 1."""
         updated = (self.weights + self.lr * dots.detach().to(self.weights)).clamp(min=0)
@@ -100,21 +108,22 @@ class OLAUX(GradientMethod):
         self.weights = updated
 
     def reused_weights(self) -> Optional[torch.Tensor]:
-        # ARML's form needs the per-task gradients only on its update iterations
-        return self.weights if self.form == "arml" else None
+        # ARML's form needs the per-task gradients only on its weight iterations
+        return self.weights if self.form == "arml" and not self._update_due() else None
 
-    def backward(self, losses, shared_parameters, task_specific_parameters=(), representation=None
-                 ) -> Dict[str, torch.Tensor]:
-        if self.form != "arml" or not self._update_due():
-            return super().backward(losses, shared_parameters, task_specific_parameters, representation)
+    def needs_task_specific_gradients(self) -> bool:
+        return not self._weight_iteration()  # the weights' step reads the shared gradients only
+
+    def apply_gradients(self, grads, shared: List[torch.Tensor], specific: List[torch.Tensor],
+                        representation=None) -> BackwardResult:
+        if not self._weight_iteration():
+            return super().apply_gradients(grads, shared, specific, representation)
         # ARML's weight iteration: one SGD step of the weights on this batch, and no model step (no .grad)
-        _, shared, specific = self.check_inputs(losses, shared_parameters, task_specific_parameters, representation)
-        grads = self.task_gradients(losses, shared, [], representation)
         self._step_weights(grads.gram()[self.main_task])  # g_mainᵀ g_k in float64 (averaged over ranks)
         for parameter in shared + specific:
             parameter.grad = None
         self.step += 1
-        return {"weights": self.weights.clone()}
+        return BackwardResult(weights=self.weights.clone())
 
     def combine(self, grads: TaskGradients):
         weights = self.weights.to(grads.shared.device).clone()  # applied on this iteration

@@ -13,7 +13,7 @@ from typing import Dict
 
 import torch
 
-from .base import GradientMethod
+from .base import GradientMethod, gradient_space_setting
 from .gradients import TaskGradients
 from .settings import setting
 
@@ -24,6 +24,8 @@ class PCGradSettings:
 
     seed: int = setting(0, "seed of the random order over the other tasks", "Yu et al. 2020 Alg. 1 (random order)",
                         run_setting="seed")
+    gradient_space: str = gradient_space_setting("Yu et al. 2020 Alg. 1 (gradients of the shared parameters), as the "
+                                                 "official AuxiNash code's PCGrad")
 
 
 def pcgrad_weights(gram: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -48,8 +50,9 @@ class PCGrad(GradientMethod):
     has_meta_update = False
     uses_main_task = False  # a multi-task method: one model serves every task
 
-    def __init__(self, n_tasks: int, main_task: int = 0, device=None, seed: int = PCGradSettings.seed) -> None:
-        super().__init__(n_tasks, main_task, device)
+    def __init__(self, n_tasks: int, main_task: int = 0, device=None, seed: int = PCGradSettings.seed,
+                 gradient_space: str = PCGradSettings.gradient_space) -> None:
+        super().__init__(n_tasks, main_task, device, gradient_space)
         self.generator = torch.Generator().manual_seed(seed)
 
     def combine(self, grads: TaskGradients):

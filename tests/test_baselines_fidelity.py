@@ -278,7 +278,7 @@ class Recorder:
 def test_meta_batches_official_draws_a_fresh_training_batch(tmp_path, monkeypatch, mode):
     recorder = Recorder()
     monkeypatch.setattr(type(get_method("auxilearn", 3)), "meta_update",
-                        lambda self, *args: recorder(self, *args))
+                        lambda self, *args, **kwargs: recorder(self, *args))
     seen = []
     original = ToyBenchmark.round_batches
 
@@ -422,7 +422,7 @@ def test_meta_batches_official_on_cifar_run_keeps_the_stream(cifar_root, tmp_pat
     from experiments import train_cifar_ssl
     from experiments.training.benchmarks import CifarSSLBenchmark
     recorder = Recorder()
-    monkeypatch.setattr(type(get_method("auxilearn", 3)), "meta_update", lambda self, *args: recorder(self, *args))
+    monkeypatch.setattr(type(get_method("auxilearn", 3)), "meta_update", lambda self, *args, **kwargs: recorder(self, *args))
     original = CifarSSLBenchmark.round_batches
     seen = []
 

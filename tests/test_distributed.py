@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from methods import METHOD_NAMES, get_method
+from methods import METHOD_NAMES, get_method, method_settings
 from tests.helpers import TinyMultiTask, make_batch
 
 STEPS = 21  # past OL-AUX's first weight iteration (step 20); meta-updates every 5 steps
@@ -35,7 +35,8 @@ def run_method(name, mode, rank=0, world=1):
     """``STEPS`` SGD steps of ``name`` on this rank's shard; the parameters and weights of every step."""
     torch.manual_seed(0)
     model = TinyMultiTask().double()
-    method = get_method(name, 3)
+    declared = mode == "representation" and "gradient_space" in method_settings(name)  # the others ignore it
+    method = get_method(name, 3, **({"gradient_space": "representation"} if declared else {}))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     union = make_batch(n=N, seed=0)
     union_val = make_batch(n=N, seed=1)

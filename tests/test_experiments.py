@@ -14,7 +14,7 @@ from experiments import train_cifar_ssl, train_cityscapes, train_nyuv2
 from experiments.reporting import figures as make_figures
 from experiments.reporting import tables as make_tables
 from experiments.orchestration.plan import PLANS
-from methods import METHOD_NAMES
+from methods import METHOD_NAMES, paper_methods
 from tests.conftest import ROOT
 
 
@@ -152,7 +152,7 @@ def test_run_all_dry_run():
                             text=True, check=True)
     lines = result.stdout.strip().splitlines()
     assert sum("train_nyuv2.py" in l and "--method auxinash --main-task" in l and "--tag" not in l for l in lines) == 9
-    assert sum("train_cifar_ssl.py" in l for l in lines) == len(METHOD_NAMES) * 2 * 3
+    assert sum("train_cifar_ssl.py" in l for l in lines) == len(paper_methods()) * 2 * 3  # default: the paper's
     assert any("--p 0.7 --tag fixed-p0.7" in l for l in lines) and any("--tag aux-set" in l for l in lines)
     assert any("train_toy.py" in l for l in lines)
     narrowed = subprocess.run(["bash", "run_all.sh", "--dry-run", "--benchmarks", "cifar10_ssl", "--methods", "stl",

@@ -211,7 +211,7 @@ def test_a_loss_that_misses_the_representation_is_named(name):
     x = torch.randn(8, 4)
     z, other = encoder(x), encoder(x.flip(0))
     losses = torch.stack([heads[0](z).pow(2).mean(), heads[1](z).pow(2).mean(), heads[2](other).pow(2).mean()])
-    method = get_method(name, 3)
+    method = get_method(name, 3, gradient_space="representation")
     with pytest.raises(ValueError, match="task 2 does not depend on the representation"):
         method.backward(losses, list(encoder.parameters()), [p for h in heads for p in h.parameters()],
                         representation=z)

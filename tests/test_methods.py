@@ -91,7 +91,8 @@ def test_representation_gradients(model, batch):
     alpha = torch.as_tensor(solve_nash(rep_grads @ rep_grads.T))
     expected = torch.autograd.grad(h, model.shared_parameters(), grad_outputs=(alpha @ rep_grads).view_as(h))
     expected = torch.cat([e.reshape(-1) for e in expected])
-    _, shared, _ = run_backward(get_method("nashmtl", 3, max_norm=0.0), model, batch, representation=True)
+    _, shared, _ = run_backward(get_method("nashmtl", 3, max_norm=0.0, gradient_space="representation"), model, batch,
+                                representation=True)
     torch.testing.assert_close(shared, expected)
 
 

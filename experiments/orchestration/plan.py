@@ -313,9 +313,14 @@ class Table:
     ablation: bool = False
 
 
+NOT_IN_PAPER = " (not in the paper)"
+
+
 def method_rows() -> Tuple[TableRow, ...]:
-    """A row per registered method, in the registry's (the paper's) order, named by its declared ``label``."""
-    return tuple(TableRow(METHODS[name].label, name, METHODS[name].label) for name in METHOD_NAMES)
+    """A row per registered method, in the registry's (the paper's) order, named by its declared ``label``; a method
+    declared ``in_paper=False`` has no paper row and its label says so (``NOT_IN_PAPER``)."""
+    return tuple(TableRow(cls.label, name, cls.label) if cls.in_paper else TableRow(cls.label + NOT_IN_PAPER, name, None)
+                 for name, cls in ((name, METHODS[name]) for name in METHOD_NAMES))
 
 
 def ablation_rows(benchmark: str, table: str = "", tag: str = "") -> Tuple[TableRow, ...]:

@@ -14,7 +14,7 @@ from data.common import SYNTHETIC_MARKER
 from experiments.orchestration.sweep import sweep_parser
 from experiments.training.cli import HelpFormatter
 from experiments.orchestration.plan import DEFAULT_BENCHMARKS, PLANS, Args, BenchmarkPlan, Context
-from methods import METHOD_NAMES, canonical_name
+from methods import METHOD_NAMES, canonical_name, paper_methods
 
 
 def roots(args: argparse.Namespace) -> Dict[str, str]:
@@ -48,10 +48,7 @@ def build_commands(args: argparse.Namespace, list_only: bool) -> Tuple[List[str]
         data_roots = {name: os.path.join(synthetic, plan.synthetic_folder)
                       for name, plan in PLANS.items() if plan.synthetic_folder}
     seeds = args.seeds.split() if args.seeds else (["0"] if args.quick else ["0", "1", "2"])
-    try:  # registry names (aliases such as ls or nash_mtl accepted), so that the grids see multi-task methods
-        methods = [canonical_name(name) for name in args.methods.split()]
-    except ValueError as error:
-        raise SystemExit(f"argument --methods: {error}") from None
+    methods = chosen_methods(args.methods)
     commands, skipped = [], 0
     for name in args.benchmarks.split():
         if name not in PLANS:
@@ -66,6 +63,19 @@ def build_commands(args: argparse.Namespace, list_only: bool) -> Tuple[List[str]
                           ablations=plan.ablations if args.ablations else (), root=root, synthetic=synthetic)
         commands += [command(python, plan, run, args) for run in plan.grid(context)]
     return commands, skipped
+
+
+def chosen_methods(text: Optional[str]) -> List[str]:
+    """``--methods``: None = the paper's methods (``in_paper``), ``all`` = every registered method, else the names
+    given (registry names; aliases such as ls or nash_mtl accepted, so that the grids see multi-task methods)."""
+    if text is None:
+        return list(paper_methods())
+    if text.split() == ["all"]:
+        return list(METHOD_NAMES)
+    try:
+        return [canonical_name(name) for name in text.split()]
+    except ValueError as error:
+        raise SystemExit(f"argument --methods: {error}") from None
 
 
 def write_synthetic(out: str) -> None:
@@ -90,7 +100,9 @@ def parser() -> argparse.ArgumentParser:
                                 "launched by experiments/sweep.py, then the tables and figures.")
     p.add_argument("--benchmarks", default=" ".join(DEFAULT_BENCHMARKS),
                    help=f"which benchmarks, space-separated, of: {' '.join(PLANS)}")
-    p.add_argument("--methods", default=" ".join(METHOD_NAMES), help="which methods (space-separated)")
+    p.add_argument("--methods", default=None,
+                   help=f"which methods (space-separated), or 'all': every registered method (default: the paper's, "
+                        f"{' '.join(paper_methods())}; a method declared in_paper=False runs when named or with all)")
     p.add_argument("--seeds", default=None, help='seeds (default: "0 1 2"; --quick: 0)')
     p.add_argument("--ablations", action="store_true", help="add the ablation runs (fixed p, learning rate of p, "
                    "held-out aux set)")

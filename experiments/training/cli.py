@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from methods import ALIASES, METHOD_NAMES, METHODS, canonical_name
+from methods import ALIASES, METHOD_NAMES, METHODS, canonical_name, method_settings
 from methods.settings import setting_fields
 
 from data import DatasetNotFoundError, MalformedDatasetError
@@ -95,7 +95,10 @@ def base_parser(description: str, lr: float, meta_every: int = 25) -> argparse.A
     run.add_argument("--seed", type=non_negative_int, default=0)
     run.add_argument("--lr", type=positive_float, default=lr, help="Adam learning rate")
     run.add_argument("--meta-every", type=positive_int, default=meta_every,
-                     help="steps between meta-updates (AuxiNash p, AuxiLearn network, OL-AUX weights)")
+                     help="optimiser steps between meta-updates of the methods that learn from meta batches (AuxiNash's "
+                          "p, AuxiLearn's network; OL-AUX follows --olaux-interval). Part of every run's identity; a "
+                          "method that declares its own interval (meta_interval; none of the paper's nine) updates "
+                          "on that instead, and config.json records both"),
     run.add_argument("--meta-batches", default="step", choices=META_BATCHES,
                      help="batches of a meta-update: 'step' = the step's own training batch for L_T and an "
                           "un-augmented meta-validation batch for L_V; 'official' = a fresh augmented training batch "
@@ -109,7 +112,10 @@ def base_parser(description: str, lr: float, meta_every: int = 25) -> argparse.A
     run.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     run.add_argument("--representation", action="store_true",
                      help="per-task gradients with respect to the shared representation instead of the shared "
-                          "parameters (cheaper; Nash-MTL's variant)")
+                          "parameters (cheaper, an approximation; in neither paper's code, which bargain over the "
+                          "shared parameters): builds the method with gradient_space='representation'. For AuxiNash "
+                          "and Nash-MTL the same computation as --fast; LS, STL and AuxiLearn take one backward pass "
+                          "either way"),
     run.add_argument("--width", type=positive_float, default=1.0, help="channel width multiplier of the model")
     run.add_argument("--out", default="results", help="results root")
     run.add_argument("--tag", default="", help="suffix of the method's results folder (ablations)")
@@ -228,6 +234,8 @@ def make_config(args: argparse.Namespace, task_names: List[str], lr_step: Option
     kwargs = method_kwargs_from_flags(args.method, flags)
     if flags.get("fast") and "fast" not in kwargs:
         raise ValueError(f"--fast is a mode of Nash-MTL and AuxiNash, not of {args.method}")
+    if args.representation and "gradient_space" in method_settings(args.method):
+        kwargs["gradient_space"] = "representation"  # not a flag: the run's identity keeps --representation
     return TrainConfig(method=args.method, main_task=main_task, seed=args.seed, lr=args.lr, lr_step=lr_step,
                        meta_every=args.meta_every, amp=args.amp, representation=args.representation, out=args.out,
                        meta_batches=args.meta_batches,

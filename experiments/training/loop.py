@@ -1,8 +1,12 @@
 """The one training loop every benchmark script shares.
 
-Per step: the benchmark's K losses → ``method.backward`` (the method writes the update into ``.grad``) →
-``optimizer.step()``; every ``meta_every`` steps ``method.meta_update`` with ``Benchmark.meta_batches``'s
-(L_T, L_V) batches. After each round (an epoch, or a block of iterations) the model is evaluated, one row
+Per step: the benchmark's K losses → ``method.backward`` (the method writes the update into ``.grad``; the
+shared representation is passed only to a method in ``gradient_space="representation"``) → ``optimizer.step()``
+→ ``method.after_step`` (only for a method with ``needs_after_step``); every ``meta_every`` steps (the method's
+own ``meta_interval`` where it declares one) ``method.meta_update`` with ``Benchmark.meta_batches``'s (L_T, L_V)
+batches; after every epoch of the training data (``Benchmark.epoch_steps``) ``method.end_of_epoch`` with the
+epoch's mean losses. The method is told the optimiser once (``bind_optimizer``); the loop never names a method.
+After each round (an epoch, or a block of iterations) the model is evaluated, one row
 per split goes to ``metrics.csv`` (with the mean training losses, the mean task weights α and the bargaining
 powers p), and a checkpoint is written; both atomically. ``--resume`` continues from the last checkpoint with
 the same batches, so an interrupted run ends exactly where an uninterrupted one would.
@@ -155,6 +159,12 @@ class Training:
     step: int = 0
     rows: list = field(default_factory=list)
     sinks: list = field(default_factory=list)
+    epoch_losses: Optional[torch.Tensor] = None  # the current epoch's (loss sum, valid count) per task, 2 × K
+
+
+def meta_interval(t: Training) -> int:
+    """Steps between meta-updates: the method's own interval where it declares one, else ``--meta-every``."""
+    return t.method.meta_interval if t.method.meta_interval is not None else t.config.meta_every
 
 
 def _train_locked(benchmark: Benchmark, config: TrainConfig, run_dir: str) -> str:
@@ -223,7 +233,12 @@ def _build(benchmark: Benchmark, config: TrainConfig, run_dir: str, paths: Dict[
                         device=device, **config.method_kwargs)
     optimizer = torch.optim.Adam([{"params": shared + specific}, *method.main_optimizer_parameters()], lr=config.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step or 10**9, gamma=config.lr_gamma)
-    return Training(benchmark, config, run_dir, paths, digest, model, method, optimizer, scheduler, shared, specific)
+    method.bind_optimizer(optimizer)
+    if method.meta_interval is not None and method.meta_interval != config.meta_every:
+        log.info("%s updates every %d steps (its own interval); --meta-every %d is recorded but not used",
+                 config.method, method.meta_interval, config.meta_every)
+    return Training(benchmark, config, run_dir, paths, digest, model, method, optimizer, scheduler, shared, specific,
+                    epoch_losses=torch.zeros(2, len(task_names), device=device))
 
 
 def _resume(t: Training) -> None:
@@ -237,6 +252,8 @@ def _resume(t: Training) -> None:
         t.method.load_state_dict(state["method"])
         t.benchmark.load_state_dict(state["benchmark"])
         set_rng_state(state["rng"])
+        if "epoch_losses" in state:  # checkpoints written before the end-of-epoch hook: its first epoch is partial
+            t.epoch_losses = state["epoch_losses"].to(t.epoch_losses.device)
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
         raise RunError(f"the checkpoint {t.paths['checkpoint']} does not fit this run ({error}); start the run "
                        f"again with --force") from None
@@ -249,6 +266,8 @@ def _config_record(t: Training, identity: Dict[str, Any]) -> Dict[str, Any]:
     benchmark's description and the environment."""
     config, device = t.config, t.benchmark.device
     loop_settings = {key: value for key, value in asdict(config).items() if key not in ("flags", "method_kwargs")}
+    if t.method.meta_interval is not None:  # the method's own interval replaces --meta-every (still recorded above)
+        loop_settings["meta_interval"] = t.method.meta_interval
     return {**config.flags, **loop_settings, "run_dir": t.run_dir, "benchmark": t.benchmark.name,
             "method_settings": method_settings(config.method, **config.method_kwargs),
             "identity": identity, "identity_digest": t.digest,
@@ -297,29 +316,39 @@ def _train_round(t: Training, round_index: int):
     loss_sum, loss_count, weight_sum = (torch.zeros(n_tasks, device=device) for _ in range(3))
     last_info: Dict[str, torch.Tensor] = {}
     steps_in_round = 0
+    uses_representation = t.method.gradient_space == "representation"
+    interval, epoch_steps = meta_interval(t), benchmark.epoch_steps()
     for batch in tqdm(benchmark.round_batches(round_index), desc=f"round {round_index}", leave=False, unit="step"):
         t.optimizer.zero_grad(set_to_none=True)
         with autocast:
             losses, representation = benchmark.losses(t.model, batch)
         losses = losses.float()
         try:
-            info = t.method.backward(losses, t.shared, t.specific, representation=representation
-                                     if config.representation or getattr(t.method, "fast", False) else None)
+            info = t.method.backward(losses, t.shared, t.specific,
+                                     representation=representation if uses_representation else None)
         except FloatingPointError as error:  # a NaN or infinite loss: stop before the model takes it
             raise FloatingPointError(_stop_message(t, f"{benchmark.round_unit} {round_index}, step {t.step + 1}",
                                                    str(error))) from None
         t.optimizer.step()
         if hasattr(t.model, "after_step"):
             t.model.after_step()
+        if t.method.needs_after_step:
+            t.method.after_step(compute_losses, batch)
         t.step += 1
         steps_in_round += 1
         valid = benchmark.valid_targets(batch).to(device, torch.float32)  # batches with a valid target, per task
         loss_sum += losses.detach() * valid
         loss_count += valid
+        t.epoch_losses += torch.stack([losses.detach() * valid, valid])
         weight_sum += info["weights"].detach().to(device, torch.float32)
         last_info = info
-        if t.step % config.meta_every == 0:
-            t.method.meta_update(compute_losses, *benchmark.meta_batches(batch, config.meta_batches), t.shared)
+        if t.step % interval == 0:
+            t.method.meta_update(compute_losses, *benchmark.meta_batches(batch, config.meta_batches), t.shared,
+                                 task_specific_parameters=t.specific)
+        if epoch_steps is not None and t.step % epoch_steps == 0:
+            _end_of_epoch(t)
+    if epoch_steps is None:  # the round was one epoch
+        _end_of_epoch(t)
     t.scheduler.step()
     # a task without a valid target in any batch of the round has no mean loss (NaN), which is no error
     counted = loss_count.tolist()
@@ -328,6 +357,15 @@ def _train_round(t: Training, round_index: int):
         raise FloatingPointError(_stop_message(t, f"{benchmark.round_unit} {round_index}",
                                                str(dict(zip(benchmark.task_names, mean_losses)))))
     return mean_losses, (weight_sum / max(steps_in_round, 1)).tolist(), last_info, time.time() - started
+
+
+def _end_of_epoch(t: Training) -> None:
+    """``method.end_of_epoch`` with the epoch's mean loss per task (over batches with a valid target; NaN for a
+    task without one), then a new epoch."""
+    sums, counts = t.epoch_losses.tolist()
+    t.method.end_of_epoch(torch.tensor([s / c if c else float("nan") for s, c in zip(sums, counts)],
+                                       dtype=torch.float64))
+    t.epoch_losses.zero_()
 
 
 def _record_round(t: Training, round_index: int, mean_losses, mean_weights, last_info, seconds: float) -> None:
@@ -347,4 +385,5 @@ def _record_round(t: Training, round_index: int, mean_losses, mean_weights, last
     save_checkpoint(t.paths["checkpoint"], {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
                                             "scheduler": t.scheduler.state_dict(), "method": t.method.state_dict(),
                                             "benchmark": t.benchmark.state_dict(), "rng": rng_state(),
-                                            "round": round_index + 1, "step": t.step})
+                                            "round": round_index + 1, "step": t.step,
+                                            "epoch_losses": t.epoch_losses})

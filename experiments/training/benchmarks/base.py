@@ -1,7 +1,7 @@
 """The interface every benchmark implements for the shared loop (``experiments.training.loop.train``)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -43,6 +43,13 @@ class Benchmark:
 
     def meta_val_batch(self) -> Batch:
         raise NotImplementedError
+
+    def epoch_steps(self) -> Optional[int]:
+        """Steps in one epoch of the training data, where a round is not exactly one epoch (several epochs, or a
+        block of iterations): the loop calls the method's ``end_of_epoch`` hook every this many steps, so that the
+        evaluation cadence does not change a method that works in epochs. None (the default): each round is one
+        epoch."""
+        return None
 
     def fresh_training_batch(self, items: str = "train") -> Batch:
         """A new random batch, shuffled and augmented as the training stream's are, of the training items

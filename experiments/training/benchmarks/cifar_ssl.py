@@ -86,6 +86,15 @@ class CifarSSLBenchmark(Benchmark):
     def meta_val_batch(self) -> Batch:
         return next(self.data.meta_val_batches(self.labeled_batch))
 
+    def epoch_steps(self) -> int:
+        """ARML's training is a stream of iterations (images drawn with replacement) without epochs, and a round is
+        an ``eval_every`` block of it. Our declaration of an epoch, for the methods' ``end_of_epoch`` hook: as many
+        iterations as draw the train split's number of images into the unlabelled parts (the labelled subset's,
+        when there are no unlabelled parts), ⌈images / images per iteration⌉."""
+        if self.unlabeled_batch:
+            return math.ceil(len(self.data.splits.train) / self.unlabeled_batch)
+        return math.ceil(len(self.data.splits.labeled) / self.labeled_batch)
+
     def fresh_training_batch(self, items: str = "train") -> Batch:
         """For ``--meta-batches official`` (AvivSham/auxinash ``methods/auxinash/hyperstep.py`` ~27, ~42:
         ``next(iter(loader))``, the first batch of a freshly shuffled loader): ``"train"``, a new batch shaped as

@@ -99,6 +99,10 @@ class SpeechCommandsBenchmark(Benchmark):
     def meta_val_batch(self) -> Batch:
         return self.data.meta_val_batch(self.batch_size)
 
+    def epoch_steps(self) -> int:
+        """A round is ``eval_every`` epochs of ``train_batches``, each of ⌈training clips / batch size⌉ batches."""
+        return math.ceil(len(self.data.train_index) / self.batch_size)
+
     def fresh_training_batch(self, items: str = "train") -> Batch:
         """For ``--meta-batches official``: ``batch_size`` distinct training clips (``"train"``) or meta-validation
         clips (``"meta"``), drawn with the data's meta generator (saved in ``state_dict``)."""

@@ -96,6 +96,10 @@ class ToyBenchmark(Benchmark):
                 picks = order[start:start + self.batch_size]
                 yield {k: v[picks] for k, v in self.train.items()}
 
+    def epoch_steps(self) -> int:
+        """A round is ``eval_every`` epochs, each of ⌈training samples / batch size⌉ batches."""
+        return math.ceil(len(self.train["x"]) / self.batch_size)
+
     def meta_val_batch(self) -> Batch:
         """A random batch (with replacement) of the held-out set, or of the training set when there is none."""
         picks = torch.randint(len(self.meta_val["x"]), (self.batch_size,), generator=self.generator).to(self.device)
