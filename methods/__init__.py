@@ -16,17 +16,23 @@ from typing import Any, Dict, Type
 
 import torch
 
+from .arml import ARML
 from .auxilearn import AuxiLearn
 from .auxinash import AuxiNash
 from .base import BackwardResult, FixedWeightMethod, GradientMethod, WeightMethod
 from .cagrad import CAGrad
+from .dwa import DWA
 from .equal import Equal
 from .gcs import GCS
+from .imtl import IMTL
+from .metabalance import MetaBalance
+from .mgda import MGDA
 from .nashmtl import NashMTL
 from .olaux import OLAUX
 from .pcgrad import PCGrad
 from .settings import as_record, resolve
 from .stl import STL
+from .uw import UW
 
 METHODS: Dict[str, Type[WeightMethod]] = {
     "stl": STL,
@@ -38,10 +44,18 @@ METHODS: Dict[str, Type[WeightMethod]] = {
     "olaux": OLAUX,
     "auxilearn": AuxiLearn,
     "auxinash": AuxiNash,
+    # the field's comparison set, not in the AuxiNash paper (in_paper=False): multi-task, then auxiliary-learning
+    "uw": UW,
+    "dwa": DWA,
+    "imtl": IMTL,
+    "mgda": MGDA,
+    "metabalance": MetaBalance,
+    "arml": ARML,
 }
 ALIASES = {"ls": "equal", "nash_mtl": "nashmtl", "ol_aux": "olaux"}
 METHOD_NAMES = tuple(METHODS)
-"""Methods in the paper's table order: multi-task methods, then auxiliary-learning methods."""
+"""The paper's nine methods in its table order (multi-task, then auxiliary-learning), then the comparison set that
+is not in the paper (``in_paper=False``; multi-task, then auxiliary-learning)."""
 
 
 def paper_methods() -> tuple:
