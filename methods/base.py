@@ -9,7 +9,7 @@ loop.py`` is one such loop; every hook but ``backward`` is a no-op unless a meth
         optimizer.step()
         if method.needs_after_step:
             method.after_step(compute_losses, batch)
-        if step % (method.meta_interval or meta_every) == 0:
+        if step % (method.meta_interval or meta_every) == 0:   # before the step instead: ``meta_before_step``
             method.meta_update(compute_losses, train_batch, val_batch, shared_parameters=...,
                                task_specific_parameters=...)
     method.end_of_epoch(mean_losses)   # after every epoch of the training data
@@ -152,6 +152,10 @@ class WeightMethod:
     meta_interval: Optional[int] = None
     #: True when the loop must call ``after_step`` after every optimiser step (it costs a forward pass)
     needs_after_step: bool = False
+    #: True when ``meta_update`` belongs before the step it learns for, on that step's own training batch (Auto-λ:
+    #: lorenmt/auto-lambda ``trainer_dense.py`` runs the meta step, then the model step with the new weights); the
+    #: loop then calls it before the step's forward pass (on steps ``step + 1`` divisible by the interval)
+    meta_before_step: bool = False
     #: False for multi-task methods, whose update does not depend on which task is the main one
     uses_main_task: bool = True
     #: names of tensor attributes that make up the method's learned state (saved, loaded, moved by ``to``)

@@ -92,6 +92,26 @@ def test_the_loop_calls_each_hook(hooked, tmp_path, monkeypatch):
     assert config["meta_every"] == 25 and config["meta_interval"] == 4 and config["identity"]["meta_every"] == 25
 
 
+def test_meta_before_step_learns_on_the_step_batch_before_the_step(hooked, tmp_path, monkeypatch):
+    """``meta_before_step`` (Auto-λ's order): meta_update on steps 4, 8, 12 is called before that step's backward,
+    with that step's own training batch as L_T (the batch whose losses the backward then sees)."""
+    seen = []
+
+    def meta_update(self, compute_losses, train_batch, val_batch, shared_parameters, task_specific_parameters=()):
+        with torch.no_grad():
+            seen.append((self.step, compute_losses(train_batch)))
+        Hooked.calls.append(("meta", self.step, 0))
+        return {}
+    monkeypatch.setattr(Hooked, "meta_before_step", True, raising=False)
+    monkeypatch.setattr(Hooked, "meta_update", meta_update)
+    train(toy(), TrainConfig(method="hooked", main_task="main", lr=1e-2, meta_every=25, out=str(tmp_path)))
+    kinds = [c[0] for c in Hooked.calls if c[0] in ("meta", "backward")]
+    assert [i for i, k in enumerate(kinds) if k == "meta"] == [3, 8, 13]  # before backward of steps 4, 8, 12 (1-based)
+    backward_losses = calls("backward")
+    for step, losses in seen:  # step = steps taken so far: the batch of the next backward, at the same parameters
+        torch.testing.assert_close(losses, backward_losses[step][1], rtol=0, atol=0)  # same batch, same model: exact
+
+
 def test_epochs_across_rounds_survive_a_resume(hooked, tmp_path, monkeypatch):
     """Epochs of 4 steps in rounds of 6: the epoch that a round boundary splits is checkpointed with the run, so
     a run stopped after its first round and resumed calls ``end_of_epoch`` with the same means as one without."""

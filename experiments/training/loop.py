@@ -4,8 +4,8 @@ Per step: the benchmark's K losses → ``method.backward`` (the method writes th
 shared representation is passed only to a method in ``gradient_space="representation"``) → ``optimizer.step()``
 → ``method.after_step`` (only for a method with ``needs_after_step``); every ``meta_every`` steps (the method's
 own ``meta_interval`` where it declares one) ``method.meta_update`` with ``Benchmark.meta_batches``'s (L_T, L_V)
-batches; after every epoch of the training data (``Benchmark.epoch_steps``) ``method.end_of_epoch`` with the
-epoch's mean losses. The method is told the optimiser once (``bind_optimizer``); the loop never names a method.
+batches (before the step's forward pass, with the step's batch, for a method with ``meta_before_step``); after
+every epoch of the training data (``Benchmark.epoch_steps``) ``method.end_of_epoch`` with the epoch's mean losses. The method is told the optimiser once (``bind_optimizer``); the loop never names a method.
 After each round (an epoch, or a block of iterations) the model is evaluated, one row
 per split goes to ``metrics.csv`` (with the mean training losses, the mean task weights α and the bargaining
 powers p), and a checkpoint is written; both atomically. ``--resume`` continues from the last checkpoint with
@@ -318,7 +318,11 @@ def _train_round(t: Training, round_index: int):
     steps_in_round = 0
     uses_representation = t.method.gradient_space == "representation"
     interval, epoch_steps = meta_interval(t), benchmark.epoch_steps()
+    before = t.method.meta_before_step  # the method learns before the step, on the step's own batch
     for batch in tqdm(benchmark.round_batches(round_index), desc=f"round {round_index}", leave=False, unit="step"):
+        if before and (t.step + 1) % interval == 0:
+            t.method.meta_update(compute_losses, *benchmark.meta_batches(batch, config.meta_batches), t.shared,
+                                 task_specific_parameters=t.specific)
         t.optimizer.zero_grad(set_to_none=True)
         with autocast:
             losses, representation = benchmark.losses(t.model, batch)
@@ -342,7 +346,7 @@ def _train_round(t: Training, round_index: int):
         t.epoch_losses += torch.stack([losses.detach() * valid, valid])
         weight_sum += info["weights"].detach().to(device, torch.float32)
         last_info = info
-        if t.step % interval == 0:
+        if not before and t.step % interval == 0:
             t.method.meta_update(compute_losses, *benchmark.meta_batches(batch, config.meta_batches), t.shared,
                                  task_specific_parameters=t.specific)
         if epoch_steps is not None and t.step % epoch_steps == 0:
