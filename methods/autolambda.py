@@ -46,18 +46,17 @@ update its running statistics. Ours does the same: the validation forward at θ'
 (``implicit.frozen_buffers``), the training-batch forwards update them (two with ``hessian_product="exact"``);
 ``update_buffers=False`` leaves all buffers unchanged (ours).
 
-**Where our loop differs from ``trainer_dense.py``** (nothing in this file can change it):
+**Where our loop differs from ``trainer_dense.py``**:
 
-- *Order.* The official iteration is: meta step on the iteration's batch, then the model step on the same batch
-  with the new λ. Our loop calls ``meta_update`` after ``optimizer.step()`` with that step's batch: the look-ahead
-  starts from the θ and optimiser state that the *next* real step starts from (as in the official code), but is
-  taken on the previous step's training batch instead of the next one, and the first model step uses λ = 0.1.
-  Following the official order exactly needs the loop to call ``meta_update`` before the step's forward pass, with
-  the step's own batch, for a method that declares so.
+- *Order* (as the official code): the official iteration is a meta step on the iteration's batch, then the model
+  step on the same batch with the new λ. This method declares ``meta_before_step = True``, so our loop calls
+  ``meta_update`` before the step's forward pass with the step's own batch as L_T: the look-ahead starts from the θ
+  and optimiser state that the step starts from, on that step's batch.
 - *Validation batch.* Official: the next batch of a second shuffled, augmented loader over the training set
   (``trainer_dense.py`` 99-106, 155), each training image once per epoch. Ours: the benchmark's ``meta_batches``
   (with ``--meta-batches step``, a random un-augmented batch of the meta-validation items, the training items
-  unless ``--meta-val-size`` holds some out).
+  unless ``--meta-val-size`` holds some out; ``--meta-batches official`` draws a fresh augmented batch of them,
+  the closer match, though with its own L_T batch too).
 - *Model optimiser.* The official trainers use SGD (lr 0.1, momentum 0.9, weight decay 1e-4, cosine schedule,
   ``trainer_dense.py`` 76-77); our loop uses Adam, for which the same formula (no ``momentum`` key) makes the
   look-ahead a plain SGD step at Adam's learning rate, as the official code would.
@@ -127,6 +126,7 @@ class AutoLambda(FixedWeightMethod):
     has_meta_update = True
     in_paper = False
     meta_interval = 1  # the official trainers' meta step runs every iteration
+    meta_before_step = True  # ... before the model step, on the same batch (trainer_dense.py 153-184)
     state_tensors = ("weights", "adam_exp_avg", "adam_exp_avg_sq", "adam_steps")
 
     def __init__(self, n_tasks: int, main_task: int = 0, device=None,
