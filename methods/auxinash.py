@@ -109,6 +109,7 @@ class AuxiNash(GradientMethod):
     has_meta_update = True
     state_tensors = ("p", "alpha", "gram", "momentum_buffer")
     reports_p = True  # backward's info carries p (logged as p_<task> by the training loop)
+    gram_based = True  # weights_from_gram: the Nash solve reads the Gram matrix only
 
     def __init__(
         self,
@@ -197,6 +198,9 @@ class AuxiNash(GradientMethod):
 
     def backward_accumulated(self) -> BackwardResult:
         return self._with_p(super().backward_accumulated())
+
+    def weights_from_gram(self, gram: torch.Tensor, loss_values: Optional[torch.Tensor] = None) -> BackwardResult:
+        return self._with_p(super().weights_from_gram(gram, loss_values))
 
     def _with_p(self, info: BackwardResult) -> BackwardResult:
         if self.reports_p:

@@ -379,6 +379,64 @@ class GradientMethod(WeightMethod):
     def combine(self, grads: TaskGradients) -> tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    #: True when ``combine`` reads nothing of the per-task gradients but their Gram matrix (with the method's own
+    #: state, and for some the loss values: ``needs_loss_values``): such a method has ``weights_from_gram``, which
+    #: the adapters (``methods/adapters/``) call to serve it to engines that compute the Gram matrix themselves
+    gram_based: bool = False
+
+    @property
+    def needs_loss_values(self) -> bool:
+        """Whether ``weights_from_gram`` must be given this step's loss values (MGDA's "loss"/"loss+" normalisers)."""
+        return False
+
+    def weights_from_gram(self, gram: torch.Tensor, loss_values: Optional[torch.Tensor] = None) -> BackwardResult:
+        """One step of the method from the K × K Gram matrix G Gᵀ of this step's per-task gradients (of the shared
+        parameters, or of the representation): the public form of what ``backward`` does between computing the
+        per-task gradients and writing ``.grad``, for a loop or library that forms the Gram matrix itself (TorchJD's
+        autogram engine, ``jac_to_grad``; ``methods/adapters/torchjd.py``).
+
+        Returns a ``BackwardResult`` with ``weights`` (float64, K: the shared update is Σ_k w_k g_k, *before*
+        ``max_norm`` clipping, exactly as ``backward``'s ``info["weights"]``), ``task_specific_weights`` (float64,
+        K: the multiplier of ∇L_k for the heads; for PCGrad, CAGrad and GCS each head gets its own loss's gradient,
+        weight 1) and ``max_norm`` (the clipping ``backward`` applies to the shared gradient; 0: none). It uses and
+        updates the method's state as ``backward`` would (AuxiNash's α and Gram matrix, which ``meta_update`` reads;
+        PCGrad's random order; ``update_weights_every``), and counts one optimiser step (``self.step`` + 1), so
+        call it once per step, in place of ``backward``. ``loss_values`` (K, detached): this step's losses, required
+        where ``needs_loss_values``. ``TypeError`` for a method that is not ``gram_based`` (OL-AUX, MetaBalance,
+        ARML: their steps need more than the Gram matrix)."""
+        name = f"{type(self).__name__}.weights_from_gram"
+        if not self.gram_based:
+            raise TypeError(f"{name}: {type(self).__name__} is not Gram-based (its step needs more than the Gram "
+                            f"matrix of the per-task gradients); use backward(...)")
+        gram = torch.as_tensor(gram).detach()
+        if gram.shape != (self.n_tasks, self.n_tasks):
+            raise ValueError(f"{name}: gram must be {self.n_tasks} × {self.n_tasks}, got {tuple(gram.shape)}")
+        if not torch.all(torch.isfinite(gram)):
+            raise FloatingPointError(f"{name}: the Gram matrix is not finite ({gram.tolist()})")
+        gram = gram.to(torch.float64)
+        if loss_values is not None:
+            loss_values = torch.as_tensor(loss_values).detach().to(torch.float64).reshape(-1)
+            if loss_values.shape != (self.n_tasks,):
+                raise ValueError(f"{name}: loss_values must hold {self.n_tasks} values, got {tuple(loss_values.shape)}")
+            if hasattr(self, "_values"):  # the methods that read them (MGDA's normalisers)
+                self._values = loss_values
+        elif self.needs_loss_values:
+            raise ValueError(f"{name}: {type(self).__name__} with these settings reads the loss values: pass "
+                             f"loss_values=losses.detach()")
+        reused = self.reused_weights()
+        if reused is not None:
+            weights = reused.detach().to(torch.float64)
+            result = BackwardResult(weights=weights, task_specific_weights=weights)
+        else:
+            shared_weights, specific_weights, info = self.combine(
+                TaskGradients(gram.new_zeros(self.n_tasks, 0), gram.new_zeros(self.n_tasks, 0), gram_override=gram))
+            result = BackwardResult(info)
+            result["weights"] = shared_weights.detach().to(torch.float64)
+            result["task_specific_weights"] = specific_weights.detach().to(torch.float64)
+        result["max_norm"] = torch.tensor(float(self.max_norm), dtype=torch.float64)
+        self.step += 1
+        return result
+
     def gradient_input(self, losses: torch.Tensor, representation: Optional[torch.Tensor],
                        call: str = "backward") -> Optional[torch.Tensor]:
         """The representation to take the per-task gradients of, per ``gradient_space``: None in parameter space

@@ -89,6 +89,7 @@ class CAGrad(GradientMethod):
 
     Settings = CAGradSettings
     label = "CAGrad"
+    gram_based = True  # weights_from_gram
     has_meta_update = False
     uses_main_task = False  # a multi-task method: one model serves every task
 

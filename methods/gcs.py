@@ -31,6 +31,7 @@ class GCS(GradientMethod):
 
     Settings = GCSSettings
     label = "GCS"
+    gram_based = True  # weights_from_gram (cosines from the Gram matrix)
     has_meta_update = False
 
     def __init__(self, n_tasks: int, main_task: int = 0, device=None, weighted: bool = GCSSettings.weighted,

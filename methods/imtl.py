@@ -117,6 +117,12 @@ class IMTL(GradientMethod):
         self._values: Optional[torch.Tensor] = None
 
     @property
+    def gram_based(self) -> bool:
+        """IMTL-G alone (``mode="gradient"``) is Gram-based; the hybrid and loss modes also learn the loss scales
+        from the loss values, written into their ``.grad`` by ``backward`` (not served by ``weights_from_gram``)."""
+        return self.mode == "gradient"
+
+    @property
     def learns_scales(self) -> bool:
         return self.mode in ("hybrid", "loss")
 

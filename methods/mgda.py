@@ -245,6 +245,12 @@ class MGDA(GradientMethod):
         self.max_iter = int(max_iter)
         self._values: Optional[torch.Tensor] = None
 
+    gram_based = True  # weights_from_gram (with loss_values under the "loss" / "loss+" normalisers)
+
+    @property
+    def needs_loss_values(self) -> bool:
+        return self.normalization in ("loss", "loss+")
+
     def check_inputs(self, losses, shared_parameters, task_specific_parameters, representation=None,
                      call: str = "backward"):
         values, shared, specific = super().check_inputs(losses, shared_parameters, task_specific_parameters,

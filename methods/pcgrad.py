@@ -47,6 +47,7 @@ class PCGrad(GradientMethod):
 
     Settings = PCGradSettings
     label = "PCGrad"
+    gram_based = True  # weights_from_gram (the surgery runs on the Gram matrix)
     has_meta_update = False
     uses_main_task = False  # a multi-task method: one model serves every task
 
