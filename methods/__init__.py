@@ -19,11 +19,15 @@ import torch
 from .arml import ARML
 from .auxilearn import AuxiLearn
 from .auxinash import AuxiNash
+from .autolambda import AutoLambda
 from .base import BackwardResult, FixedWeightMethod, GradientMethod, WeightMethod
 from .cagrad import CAGrad
 from .dwa import DWA
 from .equal import Equal
+from .famo import FAMO
 from .gcs import GCS
+from .gradnorm import GradNorm
+from .gradvac import GradVac
 from .imtl import IMTL
 from .metabalance import MetaBalance
 from .mgda import MGDA
@@ -49,6 +53,10 @@ METHODS: Dict[str, Type[WeightMethod]] = {
     "dwa": DWA,
     "imtl": IMTL,
     "mgda": MGDA,
+    "gradvac": GradVac,
+    "gradnorm": GradNorm,
+    "famo": FAMO,
+    "autolambda": AutoLambda,
     "metabalance": MetaBalance,
     "arml": ARML,
 }
