@@ -37,7 +37,7 @@ from experiments.storage.results_io import (PAPER_DIR, SPLIT, TRAIN_SPLIT, p_col
                                             write_frame, write_text)
 from experiments.reporting.command import left_out_note, results_command
 from experiments.reporting.multimnist import run_records, spearman
-from methods import METHOD_NAMES, METHODS, canonical_name
+from methods import METHOD_NAMES, METHODS, canonical_name, paper_methods
 
 log = logging.getLogger("tables_cifar_cpu")
 TAG = "cpu"  # the plan's CIFAR_CPU_TAG: every run of the preset carries it (single-auxiliary runs: cpu-<task>)
@@ -182,17 +182,17 @@ def write_table(results: str, runs: Optional[pd.DataFrame] = None, include_unfin
                      + f"{row.rank} | {fmt(row.hours)} | "
                      + (f"{printed[0]:.2f} ± {printed[1]:.2f} |" if printed else "– |"))
     lines += ["", calibration(table)]
-    nine = table[table.configuration.isin([METHODS[m].label for m in METHOD_NAMES])
-                 & table.method.isin(METHOD_NAMES)]
+    nine = table[table.configuration.isin([METHODS[m].label for m in paper_methods()])
+                 & table.method.isin(paper_methods())]
     nine = nine[nine.configuration.isin(paper)]
-    if len(nine) == len(METHOD_NAMES):
+    if len(nine) == len(paper_methods()):
         rho = spearman(nine["mean"].reset_index(drop=True),
                        pd.Series([paper[c][0] for c in nine.configuration]))
         lines += ["", f"Spearman correlation of our ranking of the paper's nine methods with the paper's (5K labels): "
                       f"{rho:+.2f}."]
     else:
         lines += ["", f"Spearman correlation with the paper's ranking: once all nine of the paper's methods have "
-                      f"finished runs ({len(nine)} of {len(METHOD_NAMES)} now)."]
+                      f"finished runs ({len(nine)} of {len(paper_methods())} now)."]
     path = os.path.join(out, "cifar10_ssl_cpu.md")
     write_text(path, "\n".join(lines) + "\n")
     return [path, os.path.join(out, "cifar10_ssl_cpu.csv")]
