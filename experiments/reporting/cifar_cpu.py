@@ -37,6 +37,7 @@ from experiments.storage.results_io import (PAPER_DIR, SPLIT, TRAIN_SPLIT, p_col
                                             write_frame, write_text)
 from experiments.reporting.command import left_out_note, results_command
 from experiments.reporting.multimnist import run_records, spearman
+from experiments.reporting.multimnist_aux import fmt
 from methods import METHOD_NAMES, METHODS, canonical_name, paper_methods
 
 log = logging.getLogger("tables_cifar_cpu")
@@ -141,12 +142,6 @@ def calibration(table: pd.DataFrame) -> str:
     return (f"Calibration: Equal with both auxiliaries − STL = {mean:+.2f} points, std of the {n} paired differences "
             f"{std:.2f}: {'above' if kept else 'not above'} {CALIBRATION_FACTOR:g} × std = "
             f"{CALIBRATION_FACTOR * std:.2f}, so the protocol is {'kept' if kept else 'NOT kept'}.")
-
-
-def fmt(value, digits: int = 2, sign: bool = False) -> str:
-    if value is None or pd.isna(value):
-        return "–"
-    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
 def write_table(results: str, runs: Optional[pd.DataFrame] = None, include_unfinished: bool = False) -> List[str]:
