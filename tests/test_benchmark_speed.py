@@ -29,7 +29,9 @@ def test_quick_benchmark_covers_every_method_and_writes_its_table(tmp_path, caps
     equal = written[written["item"] == "floor: forward + 1 backward + Adam (equal)"]
     assert (equal["ratio_to_ls"] == 1).all()
     solver = written[written.workload == "Nash solver"]
-    assert (solver["residual"] <= 1e-8).all() and (solver["speedup"] > 0).all()
+    # solve_nash's stopping rule, relative residual ≤ 1e-8 on M / ‖M‖_F, recomputed on the raw M: + round-off
+    # (the solver may stop right at the rule; see tests/test_nash_solver.py)
+    assert (solver["residual"] <= 1e-8 + 1e-14).all() and (solver["speedup"] > 0).all()
     floor = written[written["item"] == "floor: forward + K gradients + Adam"]
     assert (floor["ratio_to_floor"] == 1).all()
     alternative = written[written["item"].str.contains(r"batched|hvp=", regex=True)]

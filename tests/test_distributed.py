@@ -34,6 +34,10 @@ UNION_TOLERANCE = {
     # ≤ 21 · 0.05 · 3 |δλ| max|g| ≤ 1.3e-4 (measured under 1e-15 relative noise on the Gram matrix: λ by 1.4e-7,
     # θ by 1.4e-9)
     "cagrad": dict(rtol=0, atol=3e-4),
+    # the official min-norm solver stops once an iteration moves w by < 1e-5 in L1: a run that stops one iteration
+    # later ends ≤ κ · 1e-5 away (κ ≤ 1.6: M on the simplex's plane, interior minima here), 3e-5 for the two runs,
+    # θ by ≤ 21 · 0.05 · 3e-5 · max|g| = 1.3e-5 (measured: no step within 2 % of the rule, so identical to 1e-15)
+    "mgda": dict(rtol=0, atol=1e-4),
 }
 
 
@@ -99,7 +103,7 @@ def two_ranks(tmp_path_factory):
             for process in context.processes:
                 process.kill()
             pytest.fail("the two gloo processes did not finish within 300 s")
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]  # tensors in dicts
 
 
 @pytest.fixture(scope="module")

@@ -354,10 +354,13 @@ def test_compiled_model(name, compiled_model):
 @pytest.mark.parametrize("path", ["README.md", "methods/README.md"])
 def test_readme_python_snippets_run(path):
     """Every ```python block of the README and methods/README runs as written (issue 30: the README's snippet
-    printed info["p"], a KeyError for 8 of 9 methods)."""
+    printed info["p"], a KeyError for 8 of 9 methods); a block that needs what this repository cannot have (LibMTL's
+    trainer, a path on the reader's machine) opens with a ``# needs: ...`` line saying what, and is compiled only."""
     import os
     text = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), path)).read()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert blocks or path != "README.md"
     for block in blocks:
-        exec(compile(block, path, "exec"), {"__name__": "readme"})
+        code = compile(block, path, "exec")
+        if not block.startswith("# needs:"):
+            exec(code, {"__name__": "readme"})

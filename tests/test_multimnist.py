@@ -5,7 +5,6 @@ import json
 import os
 import struct
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -295,11 +294,12 @@ def test_tiny_sweep_writes_table_and_figure(tmp_path):
         "multimnist/nashmtl/main-all/seed0", "multimnist/nashmtl/main-all/seed1",
         "multimnist/equal_w0.1/main-all/seed0", "multimnist/equal_w0.9/main-all/seed0"]
     config = json.load(open(os.path.join(run_dirs[1], "config.json")))
-    assert config["p"] == [0.9, pytest.approx(0.1)] and config["learn_p"] is False
+    assert config["p"] == [0.9, pytest.approx(0.1)] and config["learn_p"] is False  # 1 − 0.9 in float64
     assert config["data_note"] == mm.OFFLINE_NOTE and config["selection"] == "best_val"
     metrics = pd.read_csv(os.path.join(run_dirs[1], "metrics.csv"))
     train_rows = metrics[metrics.split == "train"]
-    assert train_rows.p_left.iloc[-1] / train_rows.p_right.iloc[-1] == pytest.approx(9.0)  # p stays fixed
+    # p stays fixed; it is logged in float32, so the ratio is 9 to 2 · 2^-24 (approx: 1e-6)
+    assert train_rows.p_left.iloc[-1] / train_rows.p_right.iloc[-1] == pytest.approx(9.0)
     assert {"left_acc", "right_acc"} <= set(metrics[metrics.split == "test"].dropna(axis=1).columns)
     assert json.load(open(os.path.join(run_dirs[4], "config.json")))["method_settings"] == {"weights": [0.1, 0.9]}
 
@@ -335,7 +335,8 @@ def test_figure2_zooms_on_auxinash_and_reports_the_seeds_of_one_p(tmp_path):
     assert figures_multimnist.zoom_box(_points(rows)) is None  # nothing outside: one panel
     points = _points(rows + [("equal", 0.01, 0, 87.0, 94.5)])
     (x0, x1), (y0, y1) = figures_multimnist.zoom_box(points)
-    # x: 94.0 – 95.4, pad 0.08 × 1.4 = 0.112; y: 92.8 – 94.0, pad 0.08 × 1.2 = 0.096
+    # x: 94.0 – 95.4, pad 0.08 × 1.4 = 0.112; y: 92.8 – 94.0, pad 0.08 × 1.2 = 0.096 (decimal arithmetic in float64:
+    # ulps, within approx's 1e-6 here and below)
     assert (x0, x1, y0, y1) == pytest.approx((93.888, 95.512, 92.704, 94.096))
     [repeat] = figures_multimnist.seed_spread(points).to_dict("records")
     assert repeat["family"] == "auxinash" and repeat["preference"] == 0.5 and repeat["seeds"] == "0, 1"
@@ -358,13 +359,6 @@ def test_run_all_lists_the_sweep():
     assert len({line.split("--seed")[1] for line in lines if "nashmtl" in line}) == 11
 
 
-@pytest.mark.parametrize("script", ["train_multimnist.py", "figures_multimnist.py"])
-def test_help(script):
-    result = subprocess.run([sys.executable, os.path.join("experiments", script), "--help"], cwd=ROOT,
-                            capture_output=True, text=True)
-    assert result.returncode == 0 and "usage" in result.stdout
-
-
 def test_missing_mnist_exits_with_message(tmp_path, capsys):
     with pytest.raises(SystemExit) as caught:
         train_multimnist.main(["--data-root", str(tmp_path), "--cache-root", str(tmp_path / "c"), "--preset", "tiny",
@@ -383,7 +377,8 @@ def test_two_value_preferences_name_the_share_and_resume_is_exact(tmp_path):
     assert not os.path.exists(os.path.join(parted, "status.json"))
     parted = train_multimnist.main(common + ["--out", str(tmp_path / "b"), "--resume"])
     a, b = (pd.read_csv(os.path.join(d, "metrics.csv")).drop(columns="seconds") for d in (whole, parted))
-    pd.testing.assert_frame_equal(a, b)  # an interrupted run ends exactly where an uninterrupted one does
+    # an interrupted run ends exactly where an uninterrupted one does (bit for bit: same process, same states)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
 # -- the synthetic MNIST of data.synthetic (run_all.sh --quick) -------------------------------------------------
