@@ -14,6 +14,7 @@ of DataLoader workers.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import dataclass
@@ -140,4 +141,23 @@ class DenseDataset(Dataset):
     def __getitem__(self, position: int) -> Dict[str, torch.Tensor]:
         index = self.indices[position]
         item = self.load(index)
-        return augment(item, self.kinds, self.item_rng(index)) if self.augment else item
+        if not self.augment:
+            return item
+        with one_thread():  # as in a DataLoader worker, which torch runs with one thread
+            return augment(item, self.kinds, self.item_rng(index))
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one intra-op thread inside the block. CPU bilinear interpolation rounds differently with 1 and 2
+    threads (1 ulp in about 40 % of the pixels), and DataLoader workers run with one, so the main process (0 workers)
+    augments with one too: the batches are then the same bits for any number of workers and any OMP_NUM_THREADS."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
