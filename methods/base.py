@@ -258,16 +258,26 @@ class WeightMethod:
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore ``step`` and every ``state_tensors`` entry. A learned ``torch.nn.Parameter`` that the model's
+        optimiser steps (``main_optimizer_parameters``: UW's log-variances, IMTL's and GradNorm's scales) is loaded
+        into the same object, which the optimiser holds; other entries are replaced."""
         self.step = int(state["step"])
         for name in self.state_tensors:
-            value = state[name]
-            setattr(self, name, value.to(self.device).clone() if isinstance(value, torch.Tensor) else value)
+            value, current = state[name], getattr(self, name, None)
+            if isinstance(current, torch.nn.Parameter):
+                with torch.no_grad():
+                    current.copy_(value)
+            else:
+                setattr(self, name, value.to(self.device).clone() if isinstance(value, torch.Tensor) else value)
 
     def to(self, device: torch.device | str) -> "WeightMethod":
+        """Move the learned state to ``device`` (a ``Parameter`` keeps its identity, as ``Module.to`` does)."""
         self.device = torch.device(device)
         for name in self.state_tensors:
             value = getattr(self, name)
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, torch.nn.Parameter):
+                value.data = value.data.to(self.device)
+            elif isinstance(value, torch.Tensor):
                 setattr(self, name, value.to(self.device))
         return self
 

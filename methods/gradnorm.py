@@ -333,16 +333,3 @@ class GradNorm(GradientMethod):
         result = self.finish_weighted(weights, shared, specific)  # averaged over ranks; one optimiser step
         self._learn(norms, values)
         return result
-
-    # -- state: the Parameter object stays the one the optimiser holds ----------------------------------------------
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        with torch.no_grad():
-            self.loss_scale.copy_(state["loss_scale"])
-        self.initial_losses = state["initial_losses"].to(self.device, torch.float64).clone()
-
-    def to(self, device) -> "GradNorm":
-        self.device = torch.device(device)
-        self.loss_scale.data = self.loss_scale.data.to(self.device)
-        self.initial_losses = self.initial_losses.to(self.device)
-        return self

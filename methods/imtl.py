@@ -184,14 +184,3 @@ class IMTL(GradientMethod):
             self._values = self._accumulation.loss_sum
         return super().backward_accumulated()
 
-    # -- state: the Parameter object stays the one the optimiser holds -------------------------------------------
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        with torch.no_grad():
-            self.loss_scale.copy_(state["loss_scale"])
-
-    def to(self, device) -> "IMTL":
-        self.device = torch.device(device)
-        self.loss_scale.data = self.loss_scale.data.to(self.device)
-        return self
-

@@ -117,14 +117,3 @@ class UW(FixedWeightMethod):
         if self._accumulation is not None:  # s's gradient at the summed loss values, once per optimiser step
             self._values = self._accumulation.loss_sum
         return super().backward_accumulated()
-
-    # -- state: the Parameter object stays the one the optimiser holds -------------------------------------------
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        with torch.no_grad():
-            self.log_variance.copy_(state["log_variance"])
-
-    def to(self, device) -> "UW":
-        self.device = torch.device(device)
-        self.log_variance.data = self.log_variance.data.to(self.device)
-        return self
