@@ -16,28 +16,14 @@ K, MAIN = 3, 1
 F32 = 2.0 ** -24  # float32's unit roundoff
 
 
-class LinearMultiTask(nn.Module):
-    """The tiny linear model: a shared linear layer and one linear head per task, mean squared errors."""
+class LinearMultiTask(TinyMultiTask):
+    """The tiny linear model: ``TinyMultiTask`` with a linear trunk (optionally with BatchNorm) instead of Linear + Tanh,
+    mean squared errors."""
 
     def __init__(self, n_tasks=K, d_in=4, d_hidden=3, batch_norm=False):
-        super().__init__()
+        super().__init__(n_tasks, d_in, d_hidden)
         layers = [nn.Linear(d_in, d_hidden)] + ([nn.BatchNorm1d(d_hidden)] if batch_norm else [])
         self.shared = nn.Sequential(*layers)
-        self.heads = nn.ModuleList([nn.Linear(d_hidden, 1) for _ in range(n_tasks)])
-
-    def forward(self, x):
-        h = self.shared(x)
-        return [head(h) for head in self.heads]
-
-    def losses(self, batch):
-        x, ys = batch
-        return torch.stack([((out - y) ** 2).mean() for out, y in zip(self(x), ys)])
-
-    def shared_parameters(self):
-        return list(self.shared.parameters())
-
-    def task_specific_parameters(self):
-        return list(self.heads.parameters())
 
 
 def double_batch(seed):
