@@ -152,6 +152,9 @@ class WeightMethod:
     meta_interval: Optional[int] = None
     #: True when the loop must call ``after_step`` after every optimiser step (it costs a forward pass)
     needs_after_step: bool = False
+    #: True when ``backward`` / ``accumulate`` need ``last_shared_parameters=`` (the model's declared last shared
+    #: layer, ``model.last_shared_parameters()``; GradNorm with ``layer="last"``); the loop passes it only then
+    needs_last_shared_parameters: bool = False
     #: True when ``meta_update`` belongs before the step it learns for, on that step's own training batch (Auto-λ:
     #: lorenmt/auto-lambda ``trainer_dense.py`` runs the meta step, then the model step with the new weights); the
     #: loop then calls it before the step's forward pass (on steps ``step + 1`` divisible by the interval)

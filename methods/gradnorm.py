@@ -45,7 +45,8 @@ of each task's shared gradient this step (LibMTL's return value, line 45).
 Cranial-XIX/FAMO ``experiments/nyuv2/trainer.py`` line 137, ``model.last_shared_parameters()``), or
 ``accumulate(..., last_shared_parameters=...)``; they must be (trainable) members of ``shared_parameters``. A
 method built with ``layer="last"`` says so by ``needs_last_shared_parameters`` (True), and refuses a step without
-them. The gradient norms then cost K backward passes from the losses to that layer (through the heads only), plus
+them; our training loop then passes ``model.last_shared_parameters()``, which each of our models declares
+(``experiments/training/models.py``). The gradient norms then cost K backward passes from the losses to that layer (through the heads only), plus
 one backward of Σ w_k L_k.
 
 Ours, where neither source says: a task's L_k(0) must be finite and positive; one without (an epoch mean that is

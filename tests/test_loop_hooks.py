@@ -17,6 +17,7 @@ import methods
 from experiments.orchestration import plan, run_all
 from experiments.training.benchmarks import ToyBenchmark
 from experiments.training.loop import TrainConfig, train
+from experiments.training.models import SharedLinear
 from methods.equal import Equal
 
 
@@ -144,3 +145,55 @@ def test_a_method_not_in_the_paper_runs_only_when_asked(hooked):
     for name in methods.METHOD_NAMES:
         in_paper = methods.METHODS[name].in_paper
         assert (rows[name].paper_row is not None) == in_paper and rows[name].label.endswith(plan.NOT_IN_PAPER) != in_paper
+
+
+def test_the_loop_passes_the_declared_last_shared_layer_only_when_asked(hooked, tmp_path, monkeypatch):
+    """``needs_last_shared_parameters``: the loop passes ``model.last_shared_parameters()`` (the very tensors) to
+    such a method's ``backward`` and nothing to the others (whose ``backward`` would reject the keyword)."""
+    seen = []
+
+    def backward(self, losses, shared_parameters, task_specific_parameters=(), representation=None,
+                 last_shared_parameters=None):
+        seen.append(last_shared_parameters)
+        return Equal.backward(self, losses, shared_parameters, task_specific_parameters, representation)
+    monkeypatch.setattr(Hooked, "backward", backward)
+    monkeypatch.setattr(Hooked, "needs_last_shared_parameters", True, raising=False)
+    declared = []
+    last = SharedLinear.last_shared_parameters
+
+    def spy(model):
+        declared.append(last(model))
+        return declared[-1]
+    monkeypatch.setattr(SharedLinear, "last_shared_parameters", spy)
+    train(toy(), TrainConfig(method="hooked", main_task="main", lr=1e-2, meta_every=25, out=str(tmp_path / "a")))
+    assert len(seen) == len(declared) == 12 and all(s is d for s, d in zip(seen, declared))
+    assert all(d[0] is declared[0][0] for d in declared)  # the model's own W on every step
+    monkeypatch.setattr(Hooked, "needs_last_shared_parameters", False, raising=False)
+    seen.clear()
+    train(toy(), TrainConfig(method="hooked", main_task="main", lr=1e-2, meta_every=25, out=str(tmp_path / "b")))
+    assert seen == [None] * 12
+
+
+def test_gradnorm_on_the_last_shared_layer_runs_in_the_loop(tmp_path):
+    """``--gradnorm-layer last`` (the paper's form) through the loop: the toy's W is its last shared layer."""
+    run_dir = train(toy(), TrainConfig(method="gradnorm", main_task="main", lr=1e-2, meta_every=25,
+                                       method_kwargs={"layer": "last"}, out=str(tmp_path)))
+    assert json.load(open(os.path.join(run_dir, "status.json")))["finished"]
+
+
+@pytest.mark.parametrize("case", ["segnet", "wrn-28-2", "multi-lenet", "shared_linear", "speech_cnn"])
+def test_every_model_declares_its_last_shared_layer(case):
+    """``last_shared_parameters()``: non-empty, members of ``shared_parameters()`` (by identity), each reached by
+    every task's loss (a layer between the input and every head)."""
+    from experiments.training.benchmarks.speech_commands import WORDS, SpeechCNN
+    from tests.test_speed_paths import MODEL_CASES, model_losses
+    cases = dict(MODEL_CASES, speech_cnn=lambda: (lambda m: (m, torch.randn(2, 1, 32, 32), m.encode))(
+        SpeechCNN(WORDS[:2], width=0.25)))
+    model, x, encode = cases[case]()
+    last = model.last_shared_parameters()
+    shared = {id(p) for p in model.shared_parameters()}
+    assert last and all(id(p) in shared for p in last)
+    losses, _ = model_losses(model, x, encode)
+    for loss in losses:
+        grads = torch.autograd.grad(loss, last, retain_graph=True, allow_unused=True)
+        assert all(g is not None and g.abs().sum() > 0 for g in grads)

@@ -1,7 +1,8 @@
 """The one training loop every benchmark script shares.
 
 Per step: the benchmark's K losses → ``method.backward`` (the method writes the update into ``.grad``; the
-shared representation is passed only to a method in ``gradient_space="representation"``) → ``optimizer.step()``
+shared representation is passed only to a method in ``gradient_space="representation"``, the model's
+``last_shared_parameters()`` only to a method with ``needs_last_shared_parameters``) → ``optimizer.step()``
 → ``method.after_step`` (only for a method with ``needs_after_step``); every ``meta_every`` steps (the method's
 own ``meta_interval`` where it declares one) ``method.meta_update`` with ``Benchmark.meta_batches``'s (L_T, L_V)
 batches (before the step's forward pass, with the step's batch, for a method with ``meta_before_step``); after
@@ -301,6 +302,18 @@ def _stop_message(t: Training, where: str, detail: str) -> str:
             f"--tag)")
 
 
+def _method_backward(t: Training, losses: torch.Tensor, representation: torch.Tensor, round_index: int):
+    """``method.backward`` of one step: the representation only for a method in ``gradient_space="representation"``,
+    the model's declared last shared layer only for a method with ``needs_last_shared_parameters``."""
+    extra = {"last_shared_parameters": t.model.last_shared_parameters()} if t.method.needs_last_shared_parameters else {}
+    try:
+        return t.method.backward(losses, t.shared, t.specific, **extra,
+                                 representation=representation if t.method.gradient_space == "representation" else None)
+    except FloatingPointError as error:  # a NaN or infinite loss: stop before the model takes it
+        raise FloatingPointError(_stop_message(t, f"{t.benchmark.round_unit} {round_index}, step {t.step + 1}",
+                                               str(error))) from None
+
+
 def _train_round(t: Training, round_index: int):
     """One round of steps (and meta-updates): the per-task mean losses over batches with a valid target, the mean
     weights, the last step's info and the round's seconds."""
@@ -316,7 +329,6 @@ def _train_round(t: Training, round_index: int):
     loss_sum, loss_count, weight_sum = (torch.zeros(n_tasks, device=device) for _ in range(3))
     last_info: Dict[str, torch.Tensor] = {}
     steps_in_round = 0
-    uses_representation = t.method.gradient_space == "representation"
     interval, epoch_steps = meta_interval(t), benchmark.epoch_steps()
     before = t.method.meta_before_step  # the method learns before the step, on the step's own batch
     for batch in tqdm(benchmark.round_batches(round_index), desc=f"round {round_index}", leave=False, unit="step"):
@@ -327,12 +339,7 @@ def _train_round(t: Training, round_index: int):
         with autocast:
             losses, representation = benchmark.losses(t.model, batch)
         losses = losses.float()
-        try:
-            info = t.method.backward(losses, t.shared, t.specific,
-                                     representation=representation if uses_representation else None)
-        except FloatingPointError as error:  # a NaN or infinite loss: stop before the model takes it
-            raise FloatingPointError(_stop_message(t, f"{benchmark.round_unit} {round_index}, step {t.step + 1}",
-                                                   str(error))) from None
+        info = _method_backward(t, losses, representation, round_index)
         t.optimizer.step()
         if hasattr(t.model, "after_step"):
             t.model.after_step()

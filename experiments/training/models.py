@@ -36,6 +36,13 @@ class MultiTaskModel(nn.Module):
     def task_specific_parameters(self) -> List[nn.Parameter]:
         return list(self.heads.parameters())
 
+    def last_shared_parameters(self) -> List[nn.Parameter]:
+        """The parameters of the last shared layer (the layer W of GradNorm's gradient norms, Chen et al. 2018
+        Sec. 3.2): a declaration of each model, members of ``shared_parameters()``."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare its last shared layer: define "
+                                  "last_shared_parameters() (the methods that need it, e.g. GradNorm with "
+                                  "layer='last', say so by needs_last_shared_parameters)")
+
 
 class SegNet(MultiTaskModel):
     """SegNet split (MTAN, Liu et al. CVPR 2019): a VGG16-like encoder-decoder with max-unpooling, shared by
@@ -67,6 +74,12 @@ class SegNet(MultiTaskModel):
             if isinstance(module, nn.Conv2d):
                 nn.init.xavier_normal_(module.weight)
                 nn.init.zeros_(module.bias)
+
+    def last_shared_parameters(self) -> List[nn.Parameter]:
+        """The last decoder block (conv 3×3, BatchNorm, ReLU) that makes the shared representation: the official
+        Nash-MTL / FAMO / AuxiNash ``SegNet.last_shared_parameters`` (``self.segnet.conv_block_dec[-5]``, e.g.
+        AvivSham/auxinash ``experiments/nyuv2/models.py`` lines 182-187; with five blocks, index -5 is 0)."""
+        return list(self.conv_block_dec[0].parameters())
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The shared representation: the last decoder features."""
@@ -224,6 +237,15 @@ class CifarSSLNet(MultiTaskModel):
     def shared_parameters(self) -> List[nn.Parameter]:
         return list(self.trunk.parameters())
 
+    def last_shared_parameters(self) -> List[nn.Parameter]:
+        """The trunk's last convolution (the second of the last residual unit) and the final BatchNorm after it:
+        the WRN's last conv–BN layer, as SegNet's is its last conv–BN–ReLU block. Our choice: neither ARML's nor
+        the paper's code runs GradNorm here (README "Choices and known differences")."""
+        layers = self.trunk.features
+        last_unit = [m for m in layers if isinstance(m, (ArmlBlock, BasicBlock))][-1]
+        final_norm = [m for m in layers if isinstance(m, nn.BatchNorm2d)][-1]
+        return [*last_unit.conv2.parameters(), *final_norm.parameters()]
+
     def student_exemplar_features(self, features: torch.Tensor) -> torch.Tensor:
         """The student's Exemplar-MT features from trunk features (the legacy projection where there is one)."""
         return self.heads["exemplar"](features) if "exemplar" in self.heads else features
@@ -275,6 +297,10 @@ class SharedLinear(MultiTaskModel):
         self.task_names = list(tasks)
         self.heads = nn.ModuleDict()
 
+    def last_shared_parameters(self) -> List[nn.Parameter]:
+        """W, the only (shared) layer."""
+        return [self.weight]
+
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         prediction = x @ self.weight
         return {name: prediction for name in self.task_names}
@@ -300,6 +326,10 @@ class MultiLeNet(MultiTaskModel):
         self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)
         self.fc = nn.Linear(c3 * 4 * 4, hidden)
         self.heads = nn.ModuleDict({name: nn.Linear(hidden, classes) for name, classes in tasks.items()})
+
+    def last_shared_parameters(self) -> List[nn.Parameter]:
+        """The 50-unit fully connected layer that makes the shared representation."""
+        return list(self.fc.parameters())
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (28, 28):

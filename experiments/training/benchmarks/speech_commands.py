@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, Sequence
+from typing import Dict, Iterator, List, Sequence
 
 import torch
 from torch import nn
@@ -41,6 +41,11 @@ class SpeechCNN(MultiTaskModel):
         self.trunk = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(4), nn.Flatten())
         self.features = sizes[-1] * 16
         self.heads = nn.ModuleDict({name: nn.Linear(self.features, 2) for name in tasks})
+
+    def last_shared_parameters(self) -> List[nn.Parameter]:
+        """The third conv → BatchNorm block (the last shared layer with parameters)."""
+        convs = [i for i, m in enumerate(self.trunk) if isinstance(m, nn.Conv2d)]
+        return [*self.trunk[convs[-1]].parameters(), *self.trunk[convs[-1] + 1].parameters()]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 1 or min(x.shape[-2:]) < 8:
