@@ -431,7 +431,7 @@ class GradientMethod(WeightMethod):
             loss_values = torch.as_tensor(loss_values).detach().to(torch.float64).reshape(-1)
             if loss_values.shape != (self.n_tasks,):
                 raise ValueError(f"{name}: loss_values must hold {self.n_tasks} values, got {tuple(loss_values.shape)}")
-            if hasattr(self, "_values"):  # the methods that read them (MGDA's normalisers)
+            if isinstance(self, ReadsLossValues):  # the methods that read them (MGDA's normalisers)
                 self._values = loss_values
         elif self.needs_loss_values:
             raise ValueError(f"{name}: {type(self).__name__} with these settings reads the loss values: pass "
@@ -532,6 +532,27 @@ class GradientMethod(WeightMethod):
         info["weights"] = shared_weights
         return BackwardResult(info)
 
+    @staticmethod
+    def write_blockwise(grads: TaskGradients, coefficients: torch.Tensor, sizes: List[int], shared: List[torch.Tensor],
+                        specific: List[torch.Tensor], representation: Optional[torch.Tensor] = None) -> None:
+        """``.grad`` of a method whose multipliers differ per block of the shared gradient (GradVac per layer
+        group, MetaBalance per tensor): block t (the next ``sizes[t]`` columns of ``grads.shared``, the t-th used
+        shared tensor, or the representation as one block) gets Σ_k coefficients[k, t] g_{k,t} (coefficients: K ×
+        len(sizes)), summed in float32 at least and cast to the parameters'; each head gets its own task's
+        gradient (weight 1). Under torch.distributed the representation's and the heads' parts are averaged."""
+        dtype = accumulation_dtype(grads.shared.dtype)
+        combined = torch.cat([coefficients[:, t].to(dtype) @ block.to(dtype)
+                              for t, block in enumerate(torch.split(grads.shared, sizes, dim=1))]) if sizes else \
+            grads.shared.new_zeros(0, dtype=dtype)
+        if representation is not None:
+            representation.backward(combined.view_as(representation).to(representation.dtype))
+            average_grads_(shared)  # the encoder's part of the union gradient is the mean of the ranks' parts
+        else:
+            write_grad(shared, combined, grads.shared_used)
+        if specific:
+            ones = torch.ones(grads.task_specific.shape[0], dtype=dtype, device=grads.task_specific.device)
+            write_grad(specific, average_one(ones @ grads.task_specific.to(dtype)), grads.specific_used)
+
     def accumulate(self, losses, shared_parameters, task_specific_parameters=(), representation=None) -> None:
         values, shared, specific = self.check_inputs(losses, shared_parameters, task_specific_parameters,
                                                      representation, call="accumulate")
@@ -558,6 +579,42 @@ class GradientMethod(WeightMethod):
         grads = reduce_gradients(accumulation.gradients, shared,
                                  specific if self.needs_task_specific_gradients() else [])
         return self.apply_gradients(grads, shared, specific)
+
+
+class ReadsLossValues:
+    """Mixin, listed before the base class, for a method whose step reads the loss values (MGDA's normalisers; the
+    gradients of UW's, IMTL-L's and GradNorm's learned weights): ``self._values`` holds this step's detached values,
+    a micro-batch's under ``accumulate`` and the sum over the step's micro-batches in ``backward_accumulated``."""
+
+    _values: Optional[torch.Tensor] = None
+
+    def check_inputs(self, losses, shared_parameters, task_specific_parameters, representation=None,
+                     call: str = "backward"):
+        values, shared, specific = super().check_inputs(losses, shared_parameters, task_specific_parameters,
+                                                        representation, call)
+        self._values = values
+        return values, shared, specific
+
+    def backward_accumulated(self) -> BackwardResult:
+        if self._accumulation is not None:  # the step's loss values: the sum over its micro-batches
+            self._values = self._accumulation.loss_sum
+        return super().backward_accumulated()
+
+
+def learned_weights_group(parameter: torch.nn.Parameter, lr: float) -> List[Dict[str, Any]]:
+    """``main_optimizer_parameters()`` of a method whose learned weights the model's optimiser steps: one group,
+    at the method's own learning rate where ``lr`` > 0, else at the model's."""
+    group: Dict[str, Any] = {"params": [parameter]}
+    if lr > 0:
+        group["lr"] = lr
+    return [group]
+
+
+def add_to_grad(parameter: torch.nn.Parameter, gradient: torch.Tensor) -> None:
+    """Add ``gradient`` (cast to the parameter's dtype and device) to ``parameter.grad``, as ``backward`` would."""
+    gradient = gradient.to(parameter.device, parameter.dtype)
+    with torch.no_grad():
+        parameter.grad = gradient if parameter.grad is None else parameter.grad + gradient
 
 
 class FixedWeightMethod(WeightMethod):

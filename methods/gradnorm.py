@@ -65,7 +65,8 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 
-from .base import BackwardResult, GradientMethod, gradient_space_setting, reduce_gradients, weighted_sum_backward
+from .base import (BackwardResult, GradientMethod, ReadsLossValues, add_to_grad, gradient_space_setting,
+                   learned_weights_group, reduce_gradients, weighted_sum_backward)
 from .checks import parameter_list
 from .distributed import average_one
 from .gradients import TaskGradients, per_task_gradients
@@ -100,7 +101,7 @@ class GradNormSettings:
                                                  "'representation': rep_grad=True, abstract_weighting.py lines 87-96")
 
 
-class GradNorm(GradientMethod):
+class GradNorm(ReadsLossValues, GradientMethod):
     """Task weights learned so that the weighted gradient norms follow each task's relative training rate."""
 
     Settings = GradNormSettings
@@ -137,7 +138,6 @@ class GradNorm(GradientMethod):
         self.loss_scale = torch.nn.Parameter(torch.ones(n_tasks, device=self.device))
         #: L_k(0), float64; 0 until known (a known one is positive)
         self.initial_losses = torch.zeros(n_tasks, dtype=torch.float64, device=self.device)
-        self._values: Optional[torch.Tensor] = None
         self._rows: Optional[int] = None  # the representation's batch size on this step (its gradients' batch sum)
         self._last: List[torch.Tensor] = []
 
@@ -148,10 +148,7 @@ class GradNorm(GradientMethod):
 
     # -- the learned weights: one more parameter group of the model's optimiser ---------------------------------
     def main_optimizer_parameters(self) -> List[Dict[str, Any]]:
-        group: Dict[str, Any] = {"params": [self.loss_scale]}
-        if self.lr > 0:
-            group["lr"] = self.lr
-        return [group]
+        return learned_weights_group(self.loss_scale, self.lr)
 
     def weights(self) -> torch.Tensor:
         """This step's w (float64): K softmax(ξ) (GradNorm.py line 27), or the renormalised w ("sum")."""
@@ -214,9 +211,7 @@ class GradNorm(GradientMethod):
             gradient = self.n_tasks * z * (slope - (z * slope).sum())
         else:
             gradient = signs * torch.sign(w) * norms
-        gradient = gradient.to(self.loss_scale.device, self.loss_scale.dtype)
-        with torch.no_grad():
-            self.loss_scale.grad = gradient if self.loss_scale.grad is None else self.loss_scale.grad + gradient
+        add_to_grad(self.loss_scale, gradient)
 
     # -- layer="shared" (LibMTL): the per-task gradients of the shared parameters (or the representation) --------
     def check_inputs(self, losses, shared_parameters, task_specific_parameters, representation=None,
@@ -226,8 +221,7 @@ class GradNorm(GradientMethod):
                                                         representation, call)
         if starting:
             self._start_step()
-        self._values = values  # this step's loss values (a micro-batch's under accumulate)
-        return values, shared, specific
+        return values, shared, specific  # ReadsLossValues keeps the values (a micro-batch's under accumulate)
 
     def reused_weights(self) -> Optional[torch.Tensor]:
         # the warm-up epoch (LibMTL GradNorm.py lines 46-49): one backward of the weighted (plain) sum; with
@@ -258,10 +252,8 @@ class GradNorm(GradientMethod):
         return weights, heads, {"weights": weights}
 
     def backward_accumulated(self) -> BackwardResult:
-        if self._accumulation is not None:  # the step's loss values: the sum over its micro-batches
-            self._values = self._accumulation.loss_sum
         if self.layer == "shared":
-            return super().backward_accumulated()
+            return super().backward_accumulated()  # ReadsLossValues: the step's values are the micro-batches' sum
         accumulation = self.finish_accumulation()
         norms = None
         if accumulation.gradients is not None:

@@ -63,8 +63,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .base import BackwardResult, GradientMethod, gradient_space_setting
-from .distributed import average_grads_, average_one
-from .gradients import TaskGradients, accumulation_dtype, gram64, write_grad
+from .gradients import TaskGradients, gram64
 from .settings import setting
 
 LIBMTL = "LibMTL (median-research-group/LibMTL) LibMTL/weighting/GradVac.py"
@@ -176,19 +175,8 @@ class GradVac(GradientMethod):
         targets[columns] = updated
         self.targets = targets
         lam = coefficients.sum(dim=1)  # T' × K: the update of group t is Σ_m lam[t, m] g_{m,t}
-
-        dtype = accumulation_dtype(grads.shared.dtype)  # Σ λ g in float32 at least, cast to the parameters'
-        combined = torch.cat([lam[t].to(dtype) @ block.to(dtype)
-                              for t, block in enumerate(torch.split(grads.shared, sizes, dim=1))]) if columns else \
-            grads.shared.new_zeros(0, dtype=dtype)
-        if representation is not None:
-            representation.backward(combined.view_as(representation).to(representation.dtype))
-            average_grads_(shared)  # the encoder's part of the union gradient is the mean of the ranks' parts
-        else:
-            write_grad(shared, combined, grads.shared_used)
-        if specific:  # each head by its own loss, weight 1 (LibMTL abstract_weighting.py line 48)
-            ones = torch.ones(k, dtype=dtype, device=grads.task_specific.device)
-            write_grad(specific, average_one(ones @ grads.task_specific.to(dtype)), grads.specific_used)
+        # group t: Σ_m lam[t, m] g_{m,t}; each head by its own loss, weight 1 (LibMTL abstract_weighting.py line 48)
+        self.write_blockwise(grads, lam.T, sizes, shared, specific, representation)
         if self.max_norm > 0:
             torch.nn.utils.clip_grad_norm_(shared, self.max_norm)
         self.step += 1

@@ -51,7 +51,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .base import BackwardResult, GradientMethod, gradient_space_setting
+from .base import (BackwardResult, GradientMethod, ReadsLossValues, add_to_grad, gradient_space_setting,
+                   learned_weights_group)
 from .gradients import TaskGradients
 from .settings import setting
 
@@ -92,7 +93,7 @@ def imtl_g_weights(gram: torch.Tensor) -> torch.Tensor:
     return torch.cat([(1 - rest.sum()).reshape(1), rest])
 
 
-class IMTL(GradientMethod):
+class IMTL(ReadsLossValues, GradientMethod):
     """Impartial MTL: closed-form gradient balance (IMTL-G) on learned loss scales (IMTL-L)."""
 
     Settings = IMTLSettings
@@ -114,7 +115,6 @@ class IMTL(GradientMethod):
         self.scale_lr = scale_lr
         #: s (IMTL-L), 0 at the start (IMTL.py line 20); a leaf the model's optimiser steps in hybrid and loss modes
         self.loss_scale = torch.nn.Parameter(torch.zeros(n_tasks, device=self.device))
-        self._values: Optional[torch.Tensor] = None
 
     @property
     def gram_based(self) -> bool:
@@ -127,12 +127,7 @@ class IMTL(GradientMethod):
         return self.mode in ("hybrid", "loss")
 
     def main_optimizer_parameters(self) -> List[Dict[str, Any]]:
-        if not self.learns_scales:
-            return []
-        group: Dict[str, Any] = {"params": [self.loss_scale]}
-        if self.scale_lr > 0:
-            group["lr"] = self.scale_lr
-        return [group]
+        return learned_weights_group(self.loss_scale, self.scale_lr) if self.learns_scales else []
 
     def scales(self, device=None) -> torch.Tensor:
         """e^{s} in float64 (ones in gradient mode)."""
@@ -151,21 +146,12 @@ class IMTL(GradientMethod):
         shared_weights = alpha * scales
         return shared_weights, scales, {"alpha": alpha, "scales": scales}
 
-    def check_inputs(self, losses, shared_parameters, task_specific_parameters, representation=None,
-                     call: str = "backward"):
-        values, shared, specific = super().check_inputs(losses, shared_parameters, task_specific_parameters,
-                                                        representation, call)
-        self._values = values  # this step's loss values (a micro-batch's under accumulate)
-        return values, shared, specific
-
     def _add_scale_gradient(self) -> None:
         """∂/∂s_k Σ_j (e^{s_j} L_j − s_j) = e^{s_k} L_k − 1, added to ``.grad`` (hybrid and loss modes)."""
         if not self.learns_scales or self._values is None:
             return
-        gradient = (self.scales() * self._values.detach().to(self.loss_scale.device, torch.float64) - 1.0)
-        gradient = gradient.to(self.loss_scale)
-        self.loss_scale.grad = gradient if self.loss_scale.grad is None else self.loss_scale.grad + gradient
-        self._values = None
+        add_to_grad(self.loss_scale, self.scales() * self._values.detach().to(self.loss_scale.device, torch.float64) - 1.0)
+        self._values = None  # the step's loss values (ReadsLossValues), used once
 
     def apply_gradients(self, grads, shared, specific, representation=None) -> BackwardResult:
         result = super().apply_gradients(grads, shared, specific, representation)
@@ -178,9 +164,4 @@ class IMTL(GradientMethod):
         result["scales"] = weights.detach()
         self._add_scale_gradient()
         return result
-
-    def backward_accumulated(self) -> BackwardResult:
-        if self._accumulation is not None:  # the scales' gradient at the summed loss values, once per step
-            self._values = self._accumulation.loss_sum
-        return super().backward_accumulated()
 

@@ -63,8 +63,7 @@ from typing import List, Optional
 import torch
 
 from .base import BackwardResult, GradientMethod, gradient_space_setting
-from .distributed import average_grads_, average_one
-from .gradients import TaskGradients, accumulation_dtype, write_grad
+from .gradients import TaskGradients
 from .settings import setting
 
 OFFICIAL = "facebookresearch/MetaBalance"
@@ -165,19 +164,8 @@ class MetaBalance(GradientMethod):
         averages[:, columns] = updated
         self.norm_averages = averages
         factors = self.multipliers(updated)
-
-        dtype = accumulation_dtype(grads.shared.dtype)  # Σ_k m_k g_k in float32 at least, cast to the parameters'
-        combined = torch.cat([factors[:, t].to(dtype) @ block.to(dtype)
-                              for t, block in enumerate(torch.split(grads.shared, sizes, dim=1))]) if columns else \
-            grads.shared.new_zeros(0, dtype=dtype)
-        if representation is not None:
-            representation.backward(combined.view_as(representation).to(representation.dtype))
-            average_grads_(shared)  # the encoder's part of the union gradient is the mean of the ranks' parts
-        else:
-            write_grad(shared, combined, grads.shared_used)
-        if specific:  # each head by its own loss, weight 1 (example_main_metabalance.py:156-158)
-            ones = torch.ones(self.n_tasks, dtype=dtype, device=grads.task_specific.device)
-            write_grad(specific, average_one(ones @ grads.task_specific.to(dtype)), grads.specific_used)
+        # tensor t: Σ_k m_{k,t} g_{k,t}; each head by its own loss, weight 1 (example_main_metabalance.py:156-158)
+        self.write_blockwise(grads, factors, sizes, shared, specific, representation)
         self.step += 1
 
         all_factors = torch.ones_like(averages)

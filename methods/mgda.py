@@ -53,12 +53,11 @@ shared representation (not the ARML CIFAR-10 pipeline, nor Multi-MNIST with the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
 
-from .base import BackwardResult, GradientMethod, gradient_space_setting
+from .base import GradientMethod, ReadsLossValues, gradient_space_setting
 from .gradients import TaskGradients
 from .settings import setting
 
@@ -218,7 +217,7 @@ def normalised_gram(gram: torch.Tensor, losses: torch.Tensor, normalization: str
     return gram / normaliser[:, None] / normaliser[None, :]
 
 
-class MGDA(GradientMethod):
+class MGDA(ReadsLossValues, GradientMethod):
     """The minimum-norm point of the convex hull of the (normalised) task gradients (MGDA; MGDA-UB in
     ``gradient_space="representation"``)."""
 
@@ -243,7 +242,6 @@ class MGDA(GradientMethod):
         self.normalization = normalization
         self.solver = solver
         self.max_iter = int(max_iter)
-        self._values: Optional[torch.Tensor] = None
 
     gram_based = True  # weights_from_gram (with loss_values under the "loss" / "loss+" normalisers)
 
@@ -251,17 +249,8 @@ class MGDA(GradientMethod):
     def needs_loss_values(self) -> bool:
         return self.normalization in ("loss", "loss+")
 
-    def check_inputs(self, losses, shared_parameters, task_specific_parameters, representation=None,
-                     call: str = "backward"):
-        values, shared, specific = super().check_inputs(losses, shared_parameters, task_specific_parameters,
-                                                        representation, call)
-        self._values = values  # the loss values the normalisers read (a micro-batch's under accumulate)
-        return values, shared, specific
-
-    def backward_accumulated(self) -> BackwardResult:
-        if self._accumulation is not None:  # the normalisers at the summed loss values
-            self._values = self._accumulation.loss_sum
-        return super().backward_accumulated()
+    # the normalisers read the step's loss values (ReadsLossValues: a micro-batch's under accumulate, their sum in
+    # backward_accumulated)
 
     def solve(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         """w on the simplex for the raw Gram matrix and the loss values (float64)."""

@@ -41,7 +41,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from .base import BackwardResult, FixedWeightMethod
+from .base import BackwardResult, FixedWeightMethod, ReadsLossValues, add_to_grad, learned_weights_group
 from .settings import setting
 
 LIBMTL = "LibMTL (median-research-group/LibMTL) LibMTL/weighting/UW.py"
@@ -60,7 +60,7 @@ class UWSettings:
         "(experiments/utils.py --method-params-lr)", allow_zero=True)
 
 
-class UW(FixedWeightMethod):
+class UW(ReadsLossValues, FixedWeightMethod):
     """Σ_k (L_k / (2 exp(s_k)) + s_k / 2), the log-variances s learned by the model's optimiser."""
 
     Settings = UWSettings
@@ -81,14 +81,10 @@ class UW(FixedWeightMethod):
         #: s_k = log σ_k², a leaf the model's optimiser steps (``main_optimizer_parameters``)
         self.log_variance = torch.nn.Parameter(
             torch.full((n_tasks,), math.log(initial_variance), device=self.device))
-        self._values: torch.Tensor | None = None
 
     # -- the learned log-variances: one more parameter group of the model's optimiser -------------------------
     def main_optimizer_parameters(self) -> List[Dict[str, Any]]:
-        group: Dict[str, Any] = {"params": [self.log_variance]}
-        if self.lr > 0:
-            group["lr"] = self.lr
-        return [group]
+        return learned_weights_group(self.log_variance, self.lr)
 
     def task_weights(self) -> torch.Tensor:
         return (0.5 * torch.exp(-self.log_variance)).detach()  # UW.py line 24: 1 / (2 exp(s))
@@ -96,24 +92,12 @@ class UW(FixedWeightMethod):
     def _add_log_variance_gradient(self, values: torch.Tensor) -> None:
         """∂/∂s_k Σ_j (L_j / (2 exp(s_j)) + s_j / 2) = 1/2 − L_k / (2 exp(s_k)), added to ``.grad``."""
         s = self.log_variance.detach().double()
-        gradient = (0.5 - 0.5 * values.detach().to(s.device, torch.float64) * torch.exp(-s)).to(self.log_variance)
-        self.log_variance.grad = gradient if self.log_variance.grad is None else self.log_variance.grad + gradient
+        add_to_grad(self.log_variance, 0.5 - 0.5 * values.detach().to(s.device, torch.float64) * torch.exp(-s))
 
-    # -- the step: FixedWeightMethod's one backward of Σ w_k L_k, then s's gradient ------------------------------
-    def check_inputs(self, losses, shared_parameters, task_specific_parameters, representation=None,
-                     call: str = "backward"):
-        values, shared, specific = super().check_inputs(losses, shared_parameters, task_specific_parameters,
-                                                        representation, call)
-        self._values = values  # this step's loss values (a micro-batch's under accumulate)
-        return values, shared, specific
-
+    # -- the step: FixedWeightMethod's one backward of Σ w_k L_k, then s's gradient (the step's loss values:
+    # ReadsLossValues, a micro-batch's under accumulate, their sum in backward_accumulated) ------------------------
     def finish_weighted(self, weights: torch.Tensor, shared, specific) -> BackwardResult:
         result = super().finish_weighted(weights, shared, specific)
         self._add_log_variance_gradient(self._values)
         self._values = None
         return result
-
-    def backward_accumulated(self) -> BackwardResult:
-        if self._accumulation is not None:  # s's gradient at the summed loss values, once per optimiser step
-            self._values = self._accumulation.loss_sum
-        return super().backward_accumulated()
