@@ -15,10 +15,14 @@ and CIFAR shapes (WRN-28-2, 32×32, 128 + 128 images with their rotated copies a
    between solves (``update_weights_every``; the amortised step for ``--reuse-every`` N is computed from it);
    all of items 1 and 2 timed alternately in one loop (A, B, C, ..., A, B, C, ...) so that load on a shared
    machine hits them alike; each reported in ms, as a ratio to linear scalarisation and to the K-gradient floor;
-3. the meta-updates of AuxiNash and AuxiLearn, alternately: AuxiNash's by default, with the official mixed
+3. the meta-updates of every method that has one (AuxiNash, AuxiLearn, Auto-λ), alternately: AuxiNash's by default, with the official mixed
    term (``mixed_term="double_backward"``, same result), with the other Hessian-vector product mode (same
    result) and with no Neumann terms (``--neumann-terms 0``: a different result, see the README); the amortised step
-   (step + meta-update / 25) of AuxiNash and AuxiLearn, AuxiNash also in fast mode and with α reused;
+   (step + meta-update / interval: 25, the loop's default, or the method's own, Auto-λ's 1), AuxiNash also in
+   fast mode and with α reused.
+
+Every method is timed as the training loop runs it, past its warm-ups (``Workload.prepare``: ``bind_optimizer``,
+its learned weights in the optimiser, two ``end_of_epoch`` calls), with ``after_step`` where it declares one;
 4. the Nash solver against the CVXPY reference for K = 2..10: time per solve and relative residual.
 
 Writes ``results/speed/<device>.csv`` (``<device>_quick.csv`` with ``--quick``) and prints a markdown table
@@ -44,7 +48,7 @@ from tqdm import tqdm
 
 from experiments.training.benchmarks import CIFAR_TASKS, NYUV2_TASKS
 from experiments.training.models import CifarSSLNet, SegNet
-from methods import METHOD_NAMES, get_method
+from methods import METHOD_NAMES, METHODS, get_method
 from methods import implicit
 from methods.gradients import DEFAULT_GRADIENT_MODE, per_task_gradients, write_grad
 from methods.nash_solver import CvxpyNashSolver, relative_residual, solve_nash
@@ -151,23 +155,42 @@ class Workload:
             del self.model.encode  # back to the class's method
         return losses, captured["z"]
 
+    def prepare(self, method) -> None:
+        """Put ``method`` where the training loop has it after two epochs: told the optimiser
+        (``bind_optimizer``), its learned weights in the optimiser (``main_optimizer_parameters``), and two
+        ``end_of_epoch`` calls, so that epoch-based warm-ups (GradNorm's first epoch of the plain sum, DWA's
+        first two epochs of equal weights) are behind it and its usual step is timed."""
+        method.bind_optimizer(self.optimizer)
+        for group in method.main_optimizer_parameters():
+            self.optimizer.add_param_group(group)
+        with torch.no_grad():
+            means = self.losses().double()
+        for _ in range(2):
+            method.end_of_epoch(means)
+
     def method_step(self, method) -> Callable[[], None]:
+        """One step as the training loop takes it: ``backward`` (with the representation for a method in
+        ``gradient_space="representation"``, the model's last shared layer where it is needed), Adam, and
+        ``after_step`` (a forward pass more) for a method with ``needs_after_step`` (FAMO)."""
         fast = method.gradient_space == "representation"  # fast mode and --representation alike
+        last = ({"last_shared_parameters": self.model.last_shared_parameters()}
+                if method.needs_last_shared_parameters else {})
 
         def step() -> None:
             self.optimizer.zero_grad(set_to_none=True)
             if fast:
                 losses, representation = self.losses_and_representation()
-                method.backward(losses, self.shared, self.specific, representation=representation)
+                method.backward(losses, self.shared, self.specific, representation=representation, **last)
             else:
-                method.backward(self.losses(), self.shared, self.specific)
+                method.backward(self.losses(), self.shared, self.specific, **last)
             self.optimizer.step()
+            if method.needs_after_step:
+                method.after_step(self.losses, self.batch)
         return step
 
 
 FAST_METHODS = ("nashmtl", "auxinash")
 """The Nash family, timed also with ``fast=True`` (and with α reused, ``update_weights_every``)."""
-META_METHODS = ("auxinash", "auxilearn")
 
 
 def step_variants(methods: List[str]) -> Dict[str, Dict]:
@@ -192,6 +215,8 @@ def measure_workload(work: Workload, label: str, steps: int, warmup: int, meta_s
     variants = step_variants(methods)
     built = {key: get_method(kw["name"], n_tasks=n_tasks, main_task=0, device=device,
                              **{k: v for k, v in kw.items() if k != "name"}) for key, kw in variants.items()}
+    for method in built.values():
+        work.prepare(method)
     functions: Dict[str, Callable[[], None]] = {
         "equal": work.equal_step, "loop": work.k_gradient_step, "batched": lambda: work.k_gradient_step("batched")}
     functions.update({f"step: {key}": work.method_step(method) for key, method in built.items()})
@@ -229,11 +254,13 @@ def measure_workload(work: Workload, label: str, steps: int, warmup: int, meta_s
                 if mode != implicit.DEFAULT_HVP_MODE:
                     meta_methods[f"auxinash (hvp={mode})"] = get_method(name, n_tasks=n_tasks, main_task=0,
                                                                         device=device, hvp=mode)
-        elif name == "auxilearn":
-            meta_methods["auxilearn"] = get_method(name, n_tasks=n_tasks, main_task=0, device=device)
+        elif METHODS[name].has_meta_update:  # AuxiLearn, Auto-λ, any method that learns in meta_update
+            meta_methods[name] = get_method(name, n_tasks=n_tasks, main_task=0, device=device)
     for key, method in meta_methods.items():
+        work.prepare(method)
         work.method_step(method)()
-        metas[key] = lambda m=method: m.meta_update(work.losses, work.batch, work.batch, work.shared)
+        metas[key] = lambda m=method: m.meta_update(work.losses, work.batch, work.batch, work.shared,
+                                                    task_specific_parameters=work.specific)
     meta_ms = timed_alternately(metas, meta_steps, meta_warmup, device) if metas else {}
     for key, ms in meta_ms.items():
         base = key.split(" ")[0]
@@ -244,12 +271,14 @@ def measure_workload(work: Workload, label: str, steps: int, warmup: int, meta_s
     for row in list(rows):
         if row["item"].startswith("step: ") and row["item"][6:].split(" ")[0] in meta_ms:
             name = row["item"][6:]
-            rows.append({"workload": label, "item": f"amortised step (meta every {meta_every}): {name}",
-                         "ms": row["ms"] + meta_ms[name.split(" ")[0]] / meta_every})
+            base = name.split(" ")[0]
+            every = meta_methods[base].meta_interval or meta_every  # the method's own interval (Auto-λ: 1)
+            rows.append({"workload": label, "item": f"amortised step (meta every {every}): {name}",
+                         "ms": row["ms"] + meta_ms[base] / every})
             if name.startswith("auxinash") and "auxinash (neumann_terms=0)" in meta_ms:  # changes the result
-                rows.append({"workload": label, "item": f"amortised step (meta every {meta_every}): {name} "
+                rows.append({"workload": label, "item": f"amortised step (meta every {every}): {name} "
                                                         f"--neumann-terms 0",
-                             "ms": row["ms"] + meta_ms["auxinash (neumann_terms=0)"] / meta_every})
+                             "ms": row["ms"] + meta_ms["auxinash (neumann_terms=0)"] / every})
     for row in rows:
         row["ratio_to_floor"] = row["ms"] / floor
         row["ratio_to_ls"] = row["ms"] / ls

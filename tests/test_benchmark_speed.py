@@ -18,7 +18,7 @@ def test_quick_benchmark_covers_every_method_and_writes_its_table(tmp_path, caps
     items = set(written["item"])
     assert {"floor: forward + K gradients + Adam", "floor: forward + K gradients (one batched backward) + Adam",
             "meta-update: auxinash", "meta-update: auxilearn", "amortised step (meta every 25): auxinash",
-            "K=2", "K=10"} <= items
+            "K=2", "K=10", "meta-update: autolambda", "amortised step (meta every 1): autolambda"} <= items
     assert any(item.startswith("meta-update: auxinash (hvp=") for item in items)
     assert {"step: auxinash --fast", "step: nashmtl --fast", "step: auxinash --fast --update-weights-every 10",
             "amortised step (meta every 25): auxinash --fast", "meta-update: auxinash (mixed=double_backward)",
@@ -40,3 +40,14 @@ def test_quick_benchmark_covers_every_method_and_writes_its_table(tmp_path, caps
     printed = capsys.readouterr().out
     assert "× K-gradient floor" in printed and "| K | ours (ms) | CVXPY (ms)" in printed
     assert "expected duration on this machine now: full run" in printed and "quick=True" in printed
+
+
+def test_methods_are_timed_past_their_warm_ups():
+    """``Workload.prepare``: GradNorm knows L(0) after it (its first epoch, one backward of the plain sum, is
+    behind it), and its learned weights are in the workload's optimiser."""
+    work = benchmark_speed.Workload("cifar", benchmark_speed.torch.device("cpu"), 0.0625, 2, None, False)
+    method = benchmark_speed.get_method("gradnorm", n_tasks=3)
+    assert method.reused_weights() is not None  # in its warm-up epoch
+    work.prepare(method)
+    assert method.reused_weights() is None
+    assert any(p is method.loss_scale for group in work.optimizer.param_groups for p in group["params"])
