@@ -11,8 +11,9 @@ task's (``left``) test accuracy at the epoch of its best validation accuracy. Wr
   with that auxiliary alone − STL; every ``noise<k>`` head takes the effect of ``noise`` alone); AuxiNash's final
   p per task and seed, and whether it orders the auxiliaries as their measured effects do;
 - ``figures/multimnist_aux_weights.png``: AuxiNash's p per task over training (every seed), beside the mean
-  per-epoch weight that GCS, OL-AUX and AuxiLearn give each task divided by the main task's (every seed;
-  AuxiLearn's weights grow by orders of magnitude over training, so only their ratios compare).
+  per-epoch weight that every other method whose weights move (GCS, OL-AUX, AuxiLearn and the methods not in
+  the paper) gives each task divided by the main task's (every seed; AuxiLearn's weights grow by orders of
+  magnitude over training, so only their ratios compare).
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ from methods import METHOD_NAMES, METHODS, canonical_name
 log = logging.getLogger("figures_multimnist_aux")
 BENCHMARK = "multimnist_aux"
 METHOD_ORDER = METHOD_NAMES
-WEIGHT_METHODS = ("gcs", "olaux", "auxilearn")  # drawn beside AuxiNash's p
+# drawn beside AuxiNash's p: every method whose weights move (all but STL, Equal and AuxiNash), in registry order
+WEIGHT_METHODS = tuple(m for m in METHOD_NAMES if m not in ("stl", "equal", "auxinash"))
 MIN_GAP = 1.0  # points: two auxiliaries' measured effects closer than this count as tied (seed noise is ~1 point)
 
 
@@ -208,8 +210,9 @@ def write_table(results: str, runs: Optional[pd.DataFrame] = None, include_unfin
     finals = runs[runs.method.isin(WEIGHT_METHODS)]
     if not finals.empty:
         lines += ["", "Last epoch's mean weight of each auxiliary divided by the main task's (GCS: share of steps "
-                      "its gradient joined; OL-AUX: its weight, the main task's being 1; AuxiLearn: ∂L_T/∂L_k), mean "
-                      "over seeds; after \"main\", the main task's own weight.", ""]
+                      "its gradient joined; OL-AUX: its weight, the main task's being 1; AuxiLearn: ∂L_T/∂L_k; the "
+                      "methods not in the paper: the weights they report, README \"Choices and known differences\"), "
+                      "mean over seeds; after \"main\", the main task's own weight.", ""]
         for (method, aux_set), group in finals[finals.variant == ""].groupby(["method", "aux_set"], sort=False):
             tasks = group.tasks.iloc[0].split()
             relative = {t: (group[f"final_weight_{t}"] / group["final_weight_left"]).mean() for t in tasks[1:]}
@@ -240,8 +243,13 @@ def draw_figure(results: str, runs: Optional[pd.DataFrame] = None, include_unfin
     tasks = chosen[chosen.method == "auxinash"].tasks.iloc[0].split()
     colors = {t: plt.get_cmap("tab10")(i) for i, t in enumerate(tasks)}
     styles = ["-", "--", ":", "-."]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.9), squeeze=False)
-    for axis, (method, prefix) in zip(axes[0], panels):
+    columns = min(4, len(panels))
+    rows_of_panels = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows_of_panels, columns, figsize=(4.2 * columns, 3.3 * rows_of_panels + 0.6),
+                                squeeze=False)
+    for axis in axes.flat[len(panels):]:
+        axis.set_visible(False)
+    for axis, (method, prefix) in zip(axes.flat, panels):
         for i, run in enumerate(chosen[chosen.method == method].sort_values("seed").itertuples()):
             rows = series(results, run.run)
             for task in tasks:
@@ -258,8 +266,10 @@ def draw_figure(results: str, runs: Optional[pd.DataFrame] = None, include_unfin
     seeds = sorted(set(chosen[chosen.method == "auxinash"].seed))
     text = (caption(chosen, left_out_note(results, [BENCHMARK], include_unfinished))
             + f" Auxiliary set {aux_set}; seeds {', '.join(map(str, seeds))} (solid, dashed, dotted).")
-    figure.text(0.01, 0.005, "\n".join(textwrap.wrap(text, 48 * len(panels))), fontsize=6.5, va="bottom")
-    figure.tight_layout(rect=(0, 0.09, 1, 1))
+    text += (" Weights: each method's reported weights (README \"Choices and known differences\"; GradVac and "
+             "MetaBalance: the effective multiplier of each task's shared gradient) over the main task's.")
+    figure.text(0.01, 0.005, "\n".join(textwrap.wrap(text, 48 * columns)), fontsize=6.5, va="bottom")
+    figure.tight_layout(rect=(0, 0.6 / (3.3 * rows_of_panels + 0.6) + 0.03, 1, 1))
     out = os.path.join(results, "figures")
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "multimnist_aux_weights.png")
