@@ -1,10 +1,13 @@
 """Our Gram-based methods through TorchJD (``methods/adapters/torchjd.py``), tested against torchjd itself.
 
-Float64 throughout. Tolerances: TorchJD forms the Gramian by its own passes (autogram: per-module Jacobians summed;
-autojac: the stacked Jacobian), so it equals ours to round-off (~1e-16 relative); the iterative solvers (Nash's
-Newton solve to a relative residual ≤ 1e-8, usually 1e-16; CAGrad's barrier to a duality gap 1e-10) may turn a
-round-off difference into one of their stopping tolerance, hence 1e-7 relative on weights and updates, the
-tolerance of the other cross-loop tests (tests/test_foreign_loop.py).
+Float64 throughout. Tolerances (``TOL``, relative to max(1, max|b|)): TorchJD forms the Gramian by its own passes
+(autogram: per-module Jacobians summed; autojac: the stacked Jacobian), so it equals ours to round-off (94 parameters:
+≤ 94 eps ≈ 2e-14 relative). The closed forms (PCGrad, GCS, IMTL-G) and MGDA's solver on the same path carry that
+over: 1e-12 (measured ≤ 4e-16 for every method here). The iterative solvers may turn a round-off difference into one
+of their stopping tolerance (as in tests/test_foreign_loop.py's ``SOLVES``): Nash-MTL's and AuxiNash's Newton solve
+stops anywhere below a relative residual of 1e-8 (1e-7 on w), CAGrad's barrier at a duality gap of 1e-10 (1e-6).
+MGDA's official solver would move by up to its 1e-5 stopping step if rounding changed its iteration count, which
+needs a step within ~1e-16 relative of 1e-5 (not covered: no tolerance short of 1e-5 would).
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from torchjd.autojac import backward as jd_backward, jac_to_grad  # noqa: E402
 from methods.adapters.torchjd import MethodWeighting, aggregator, gram_based_names, meta_update, paused  # noqa: E402
 
 K = 3
-TOL = 1e-7
+ROUND_OFF = 1e-12
+TOL = {"nashmtl": 1e-7, "auxinash": 1e-7, "cagrad": 1e-6}  # the solvers' stopping rules (docstring); else ROUND_OFF
 
 
 def build(seed: int = 0):
@@ -50,7 +54,7 @@ def batches(n: int, seed: int = 1):
     return out
 
 
-def close(a, b, tol=TOL):
+def close(a, b, tol):
     a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
     return torch.allclose(a, b, rtol=tol, atol=tol * max(1.0, float(b.abs().max())))
 
@@ -90,9 +94,10 @@ def test_weights_from_gram_and_torchjd_aggregator_equal_backward(name, settings)
         jac_to_grad(shared_t, agg)
         torch.autograd.backward(losses, weighting.task_specific_weights, inputs=specific_t)
 
-        assert close(weighting.info["weights"], info["weights"])
+        tol = TOL.get(name, ROUND_OFF)
+        assert close(weighting.info["weights"], info["weights"], tol)
         for a, b in zip(shared_t + specific_t, shared + specific):
-            assert close(a.grad, b.grad), name
+            assert close(a.grad, b.grad, tol), name
         for a, b in zip(theirs_model[0].parameters(), ours_model[0].parameters()):  # same SGD step on both
             with torch.no_grad():
                 a -= 0.1 * a.grad
@@ -130,11 +135,12 @@ def test_auxinash_through_torchjd_engine_equals_our_loop_with_meta_updates():
         runs[mode] = (method, weights, [p.detach().clone() for p in shared + specific])
     (ours, ours_w, ours_p), (theirs, theirs_w, theirs_p) = runs["ours"], runs["torchjd"]
     assert not torch.allclose(ours.p, torch.ones(K, dtype=torch.float64), atol=1e-3)  # p was learned
-    assert close(theirs.p, ours.p) and close(theirs.alpha, ours.alpha)
+    tol = TOL["auxinash"]  # its Newton solve at every step (measured ≤ 4e-16 apart after 8 Adam steps)
+    assert close(theirs.p, ours.p, tol) and close(theirs.alpha, ours.alpha, tol)
     for a, b in zip(theirs_w, ours_w):
-        assert close(a, b)
+        assert close(a, b, tol)
     for a, b in zip(theirs_p, ours_p):
-        assert close(a, b)
+        assert close(a, b, tol)
 
 
 def test_meta_update_without_paused_breaks_the_engine_and_paused_fixes_it():
@@ -174,6 +180,6 @@ def test_weights_from_gram_equals_combine_on_per_task_gradients():
     grads = per_task_gradients(losses, shared, [])
     a, b = get_method("auxinash", n_tasks=K), get_method("auxinash", n_tasks=K)
     w, _, _ = a.combine(grads)
-    info = b.weights_from_gram(grads.gram())
+    info = b.weights_from_gram(grads.gram())  # exact: combine computes this same Gram matrix from the same grads
     assert torch.equal(info["weights"], w) and torch.equal(a.gram, b.gram) and b.step == 1
     assert torch.equal(info["p"], b.p.float())
