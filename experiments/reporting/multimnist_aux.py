@@ -184,6 +184,8 @@ def write_table(results: str, runs: Optional[pd.DataFrame] = None, include_unfin
              "|---|---|---|---|---|---|"]
     for row in table.itertuples():
         label = (METHODS[row.method].label if row.method in METHODS else row.method) + (f" ({row.variant})" if row.variant else "")
+        if row.method in METHODS and not METHODS[row.method].in_paper:
+            label += " (not in the paper)"
         lines.append(f"| {row.aux_set} | {label} | {row.seeds} ({row.seed_list}) | "
                      f"{fmt(row.mean)} ± {fmt(row.std)} | {fmt(row.vs_stl, sign=True)} ± {fmt(row.vs_stl_std)} | "
                      + (f"{row.above_stl} of {row.vs_stl_seeds} |" if row.vs_stl_seeds else "– |"))
