@@ -517,12 +517,7 @@ class GradientMethod(WeightMethod):
         dtype = accumulation_dtype(grads.shared.dtype)  # Σ w_k g_k in float32 at least, cast to the parameters'
         shared_weights = shared_weights.detach().to(grads.shared.device, dtype)
         specific_weights = specific_weights.detach().to(grads.task_specific.device, dtype)
-        combined = shared_weights @ grads.shared.to(dtype)
-        if representation is not None:
-            representation.backward(combined.view_as(representation).to(representation.dtype))
-            average_grads_(shared)  # the encoder's part of the union gradient is the mean of the ranks' parts
-        else:
-            write_grad(shared, combined, grads.shared_used)
+        self.write_shared(grads, shared_weights @ grads.shared.to(dtype), shared, representation)
         if specific:
             combined_specific = average_one(specific_weights @ grads.task_specific.to(dtype))
             write_grad(specific, combined_specific, grads.specific_used)
@@ -531,6 +526,18 @@ class GradientMethod(WeightMethod):
         self.step += 1
         info["weights"] = shared_weights
         return BackwardResult(info)
+
+    @staticmethod
+    def write_shared(grads: TaskGradients, combined: torch.Tensor, shared: List[torch.Tensor],
+                     representation: Optional[torch.Tensor] = None) -> None:
+        """The combined shared gradient (one flat vector over the used shared parameters, or over the
+        representation) into ``.grad``: written directly, or back-propagated through the encoder from the
+        representation (then averaged over ranks under torch.distributed)."""
+        if representation is not None:
+            representation.backward(combined.view_as(representation).to(representation.dtype))
+            average_grads_(shared)  # the encoder's part of the union gradient is the mean of the ranks' parts
+        else:
+            write_grad(shared, combined, grads.shared_used)
 
     @staticmethod
     def write_blockwise(grads: TaskGradients, coefficients: torch.Tensor, sizes: List[int], shared: List[torch.Tensor],
@@ -544,11 +551,7 @@ class GradientMethod(WeightMethod):
         combined = torch.cat([coefficients[:, t].to(dtype) @ block.to(dtype)
                               for t, block in enumerate(torch.split(grads.shared, sizes, dim=1))]) if sizes else \
             grads.shared.new_zeros(0, dtype=dtype)
-        if representation is not None:
-            representation.backward(combined.view_as(representation).to(representation.dtype))
-            average_grads_(shared)  # the encoder's part of the union gradient is the mean of the ranks' parts
-        else:
-            write_grad(shared, combined, grads.shared_used)
+        GradientMethod.write_shared(grads, combined, shared, representation)
         if specific:
             ones = torch.ones(grads.task_specific.shape[0], dtype=dtype, device=grads.task_specific.device)
             write_grad(specific, average_one(ones @ grads.task_specific.to(dtype)), grads.specific_used)
