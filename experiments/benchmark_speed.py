@@ -19,11 +19,11 @@ and CIFAR shapes (WRN-28-2, 32×32, 128 + 128 images with their rotated copies a
    term (``mixed_term="double_backward"``, same result), with the other Hessian-vector product mode (same
    result) and with no Neumann terms (``--neumann-terms 0``: a different result, see the README); the amortised step
    (step + meta-update / interval: 25, the loop's default, or the method's own, Auto-λ's 1), AuxiNash also in
-   fast mode and with α reused.
+   fast mode and with α reused;
+4. the Nash solver against the CVXPY reference for K = 2..10: time per solve and relative residual.
 
 Every method is timed as the training loop runs it, past its warm-ups (``Workload.prepare``: ``bind_optimizer``,
-its learned weights in the optimiser, two ``end_of_epoch`` calls), with ``after_step`` where it declares one;
-4. the Nash solver against the CVXPY reference for K = 2..10: time per solve and relative residual.
+its learned weights in the optimiser, two ``end_of_epoch`` calls), with ``after_step`` where it declares one.
 
 Writes ``results/speed/<device>.csv`` (``<device>_quick.csv`` with ``--quick``) and prints a markdown table
 with each time as a ratio to the K-gradient floor measured in the same run. The expected duration of the
