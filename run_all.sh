@@ -16,7 +16,8 @@
 # Options: ./run_all.sh --help (from experiments/orchestration/run_all.py). --benchmarks defaults to the plan's default benchmarks (all but multimnist_aux),
 # --methods to every method of the registry (methods.METHODS), --seeds to "0 1 2" (--quick: 0); data roots come
 # from --<benchmark>-root flags or the environment (NYUV2_ROOT, CITYSCAPES_ROOT, CIFAR10_ROOT, MNIST_ROOT,
-# SPEECH_COMMANDS_ROOT; MULTIMNIST_PRESET=cpu for Multi-MNIST's CPU preset).
+# SPEECH_COMMANDS_ROOT; MULTIMNIST_PRESET=cpu for Multi-MNIST's CPU preset; CIFAR_CPU_PROTOCOL=<k> for an earlier
+# protocol of the cifar10_ssl_cpu preset, default its last).
 # A benchmark whose data is missing is reported and skipped. Launching again skips finished and running runs and
 # resumes interrupted ones (every run gets --resume); see experiments/orchestration/sweep.py.
 # The plan itself (grids, quick settings, ablations) is Python: experiments/orchestration/plan.py; this file only calls its driver.

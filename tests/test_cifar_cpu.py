@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from experiments.orchestration import plan, run_all
 from experiments.reporting import cifar_cpu
@@ -13,9 +14,19 @@ from methods import paper_methods
 TASK_SHORT = {"classification": "cls", "rotation": "rot", "exemplar": "exemplar"}
 
 
-def write_run(results, method, tag, seed, tasks, test_acc, p=None, weights=None):
+def protocol_config(number):
+    """The config.json keys a run of the plan's protocol ``number`` has (as train_cifar_ssl.py writes them)."""
+    pairs = dict(zip(plan.CIFAR_CPU_PROTOCOLS[number][::2], plan.CIFAR_CPU_PROTOCOLS[number][1::2]))
+    return {key: (float if key == "width" else int)(pairs["--" + key.replace("_", "-")])
+            for key in ("n_labeled", "width", "labeled_batch", "unlabeled_batch", "iterations", "eval_every")}
+
+
+def write_run(results, method, tag, seed, tasks, test_acc, p=None, weights=None, protocol=1):
     """A finished run folder as the loop writes one: two evaluation rounds, the second best on validation."""
-    folder = os.path.join(results, "cifar10_ssl_1k", f"{method}_{tag}",
+    settings = protocol_config(protocol) if isinstance(protocol, int) else protocol
+    n = settings["n_labeled"]
+    folder = os.path.join(results, f"cifar10_ssl_{n // 1000}k" if n % 1000 == 0 else f"cifar10_ssl_{n}",
+                          f"{method}_{tag}",
                           "main-all" if method in ("equal", "pcgrad", "cagrad", "nashmtl") else "main-cls",
                           f"seed{seed}")
     os.makedirs(folder)
@@ -29,8 +40,8 @@ def write_run(results, method, tag, seed, tasks, test_acc, p=None, weights=None)
         rows += [train, {"round": r, "step": 250 * (r + 1), "split": "val", "cls_acc": 40.0 + r},
                  {"round": r, "step": 250 * (r + 1), "split": "test", "cls_acc": test_acc - 10 * (1 - r)}]
     pd.DataFrame(rows).to_csv(os.path.join(folder, "metrics.csv"), index=False)
-    config = {"method": method, "seed": seed, "tasks": tasks, "tag": tag, "n_labeled": 1000, "identity_digest": "x",
-              "device_name": "cpu", "synthetic_data": False}
+    config = {"method": method, "seed": seed, "tasks": tasks, "tag": tag, "identity_digest": "x",
+              "device_name": "cpu", "synthetic_data": False, **settings}
     json.dump(config, open(os.path.join(folder, "config.json"), "w"))
     json.dump({"finished": True, "identity_digest": "x"}, open(os.path.join(folder, "status.json"), "w"))
 
@@ -64,6 +75,7 @@ def test_report_pairs_seeds_and_gives_the_calibration_verdict(tmp_path):
     assert "+3.50" in verdict and "kept" in verdict and "NOT" not in verdict  # 3.5 > 2 × 0.5
     written = cifar_cpu.make_all(results)
     text = open(os.path.join(results, "tables", "cifar10_ssl_cpu.md")).read()
+    assert "## Protocol 1: `--n-labeled 1000 " in text and text.count("## ") == 1
     assert "| AuxiNash | 1 (0) | 54.00 ± – | +4.00" in text and "87.01 ± 0.52" in text  # the paper's column beside
     assert "(3 of 9 now)" in text  # STL, LS, AuxiNash of the paper's nine
     assert os.path.join(results, "figures", "cifar10_ssl_cpu_weights.png") in written
@@ -80,9 +92,51 @@ def test_preset_is_tagged_not_default_and_covers_the_papers_methods():
     commands = run_all.build_commands(args, list_only=True)[0]
     assert len(commands) == 3 * (len(paper_methods()) + len(plan.CIFAR_CPU_SINGLES))  # --methods all adds the rest
     assert all(" --tag cpu" in line for line in commands)  # never a paper-protocol run folder
+    last = plan.CIFAR_CPU_PROTOCOLS[max(plan.CIFAR_CPU_PROTOCOLS)]
+    assert all(" ".join(last) in line for line in commands)  # the last protocol by default
     for seed in "012":
         seed_lines = [line for line in commands if line.endswith(f"--seed {seed} --out results --resume")]
         labels = {line.split("--n-labeled ")[1].split()[0] for line in seed_lines}
-        assert labels == {"1000"}  # one labelled subset size; the subset itself is drawn from the seed
+        assert labels == {last[last.index("--n-labeled") + 1]}  # one size; the subset itself is drawn from the seed
     assert np.unique([line.split("--tag ")[1].split()[0] for line in commands]).tolist() == [
         "cpu", "cpu-exemplar", "cpu-rotation"]
+
+
+def test_an_earlier_protocol_is_chosen_by_its_number_and_a_wrong_one_is_refused(monkeypatch):
+    args = run_all.parser().parse_args(["--benchmarks", "cifar10_ssl_cpu", "--seeds", "0", "--methods", "stl"])
+    monkeypatch.setenv("CIFAR_CPU_PROTOCOL", "1")
+    assert [line.split("--n-labeled ")[1].split()[0] for line in run_all.build_commands(args, list_only=True)[0]] \
+        == ["1000"]
+    monkeypatch.setenv("CIFAR_CPU_PROTOCOL", "9")
+    with pytest.raises(ValueError, match="CIFAR_CPU_PROTOCOL='9'.*leave it unset"):
+        run_all.build_commands(args, list_only=True)
+
+
+def test_protocols_are_reported_apart_never_paired_across(tmp_path):
+    """The same seeds under protocols 1 and 2 (and a run with other settings): each protocol gets its own section,
+    Δ and verdict; pairing seeds across protocols is refused."""
+    results = str(tmp_path)
+    both = ["classification", "rotation", "exemplar"]
+    for seed in (0, 1, 2):
+        write_run(results, "stl", "cpu", seed, ["classification"], 50.0, protocol=1)
+        write_run(results, "equal", "cpu", seed, both, 51.0 + 2 * seed, protocol=1)  # Δ 1, 3, 5: 3 ± 2 → not kept
+        write_run(results, "stl", "cpu", seed, ["classification"], 40.0, protocol=2)
+        write_run(results, "equal", "cpu", seed, both, 45.0 + 0.5 * seed, protocol=2)  # Δ 5, 5.5, 6: 5.5 ± 0.5
+    other = dict(protocol_config(2), n_labeled=100, iterations=4)  # as a --quick run
+    write_run(results, "stl", "cpu", 0, ["classification"], 30.0, protocol=other)
+    runs = cifar_cpu.collect_runs(results)
+    assert sorted(runs.protocol.unique())[:2] == ["other settings (n_labeled 100, width 0.5, labeled_batch 32, "
+                                                  "unlabeled_batch 32, iterations 4, eval_every 250)", "protocol 1"]
+    with pytest.raises(ValueError, match="one protocol"):
+        cifar_cpu.paired(runs, "LS", "STL")
+    # exact (==): halves and integers, means of 3 and stds exact in binary floating point
+    first = cifar_cpu.summary(runs[runs.protocol == "protocol 1"]).set_index("configuration").loc["LS"]
+    second = cifar_cpu.summary(runs[runs.protocol == "protocol 2"]).set_index("configuration").loc["LS"]
+    assert (first.vs_stl, first.vs_stl_std, second.vs_stl, second.vs_stl_std) == (3.0, 2.0, 5.5, 0.5)
+    cifar_cpu.make_all(results)
+    text = open(os.path.join(results, "tables", "cifar10_ssl_cpu.md")).read()
+    sections = text.split("\n## ")[1:]
+    assert [s.split(":")[0].split(" (")[0] for s in sections] == ["Protocol 2", "Protocol 1", "Runs with other settings"]
+    assert "NOT kept" not in sections[0] and "+5.50" in sections[0]  # 5.5 > 2 × 0.5
+    assert "NOT kept" in sections[1] and "+3.00" in sections[1]  # 3 < 2 × 2
+    assert "| STL | 1 (0) | 30.00" in sections[2]

@@ -6,15 +6,18 @@ against the paper's Table 4 and the figure of the learned task weights.
 Reads every finished run (``status.json`` present) of ``<results>/cifar10_ssl_<n>/`` whose ``--tag`` starts with
 ``cpu`` (the preset's runs; a paper-protocol run has no tag). A run's result is its test accuracy of the main task
 (``cls_acc``) at the evaluation round of its best validation accuracy (the paper's early stopping; the earliest
-round on ties). Writes
+round on ties). Runs belong to the protocol of ``plan.CIFAR_CPU_PROTOCOLS`` whose settings they have (labels, width,
+batches, iterations, evaluation interval; other settings, e.g. ``--quick`` runs, form their own group); every number
+below is computed within one protocol, never across. Writes
 
-- ``tables/cifar10_ssl_cpu.md`` and ``.csv``: per configuration (STL, Equal with both auxiliaries, Equal with one,
+- ``tables/cifar10_ssl_cpu.md`` and ``.csv``: one section per protocol, newest first; per configuration (STL, Equal with both auxiliaries, Equal with one,
   every other method with both), the test accuracy as mean ± std over seeds, the paired (same seed, hence the same
   labelled subset) difference to STL and to LS (Equal with both), the rank of the mean, and the paper's 5K-label
   column beside the paper's nine methods (labelled as the paper's); the Spearman correlation of our ranking of the
   paper's nine methods with the paper's, once all nine have finished runs; and the calibration's verdict: the
   protocol is kept when Equal with both auxiliaries beats STL by more than twice the std of the paired differences;
-- ``figures/cifar10_ssl_cpu_weights.png``: AuxiNash's bargaining power p per task over training (every seed) beside
+- ``figures/cifar10_ssl_cpu_weights.png``, for the newest protocol with such runs: AuxiNash's bargaining power p
+  per task over training (every seed) beside
   each auxiliary's effect alone, and the mean weight per evaluation block that each other auxiliary-learning method
   gives each auxiliary, divided by the main task's weight.
 """
@@ -33,6 +36,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from experiments.orchestration.plan import CIFAR_CPU_PROTOCOLS
 from experiments.storage.results_io import (PAPER_DIR, SPLIT, TRAIN_SPLIT, p_column, save_figure, weight_column,
                                             write_frame, write_text)
 from experiments.reporting.command import left_out_note, results_command
@@ -46,6 +50,29 @@ MAIN = "cls"  # the main task's short name in metrics.csv (classification)
 AUXILIARIES = {"rot": "Rotation", "exemplar": "Exemplar-MT"}
 TASK_NAMES = {"classification": "cls", "rotation": "rot", "exemplar": "exemplar"}  # --tasks → column names
 CALIBRATION_FACTOR = 2.0  # keep the protocol if mean(Equal − STL) > 2 × std of the paired differences (issue 33)
+SETTINGS = ("n_labeled", "width", "labeled_batch", "unlabeled_batch", "iterations", "eval_every")  # what a protocol fixes
+
+
+def protocol_settings(arguments) -> dict:
+    """A protocol's argument tuple (``plan.CIFAR_CPU_PROTOCOLS``) as {config key: float value}."""
+    pairs = dict(zip(arguments[::2], arguments[1::2]))
+    return {key: float(pairs["--" + key.replace("_", "-")]) for key in SETTINGS}
+
+
+def protocol_of(config: dict) -> str:
+    """The run's protocol: "protocol <k>" where its settings are the plan's protocol k, else its settings in words
+    (a ``--quick`` run, or a run with other settings): runs of different protocols are never paired or averaged."""
+    values = {key: config.get(key) for key in SETTINGS}
+    for number, arguments in sorted(CIFAR_CPU_PROTOCOLS.items()):
+        if all(values[key] is not None and float(values[key]) == value
+               for key, value in protocol_settings(arguments).items()):
+            return f"protocol {number}"
+    return "other settings (" + ", ".join(f"{key} {values[key]}" for key in SETTINGS) + ")"
+
+
+def protocol_order(label: str) -> tuple:
+    """Newest protocol first, other settings last."""
+    return (0, -int(label.split()[1])) if label.startswith("protocol ") else (1, label)
 
 
 def benchmarks(results: str) -> List[str]:
@@ -71,7 +98,7 @@ def configuration(method: str, tasks: List[str]) -> str:
 
 
 def collect_runs(results: str, finished_only: bool = True) -> pd.DataFrame:
-    """One row per preset run: configuration, method, seed, labels, the best-validation point, seconds."""
+    """One row per preset run: protocol, configuration, method, seed, labels, the best-validation point, seconds."""
     runs = []
     for benchmark in benchmarks(results):
         for run_dir, config, rows in run_records(results, benchmark, finished_only):
@@ -86,7 +113,8 @@ def collect_runs(results: str, finished_only: bool = True) -> pd.DataFrame:
             method = canonical_name(config["method"])
             tasks = list(config.get("tasks") or TASK_NAMES)
             train = rows[rows[SPLIT] == TRAIN_SPLIT]
-            runs.append({"configuration": configuration(method, tasks), "method": method, "tag": tag,
+            runs.append({"protocol": protocol_of(config), "configuration": configuration(method, tasks),
+                         "method": method, "tag": tag,
                          "seed": int(config["seed"]), "n_labeled": config.get("n_labeled"), **point,
                          "hours": float(train["seconds"].sum()) / 3600, "run": os.path.relpath(run_dir, results),
                          "device": config.get("device_name", "?"), "synthetic": bool(config.get("synthetic_data"))})
@@ -94,7 +122,13 @@ def collect_runs(results: str, finished_only: bool = True) -> pd.DataFrame:
 
 
 def paired(runs: pd.DataFrame, configuration_name: str, baseline: str) -> pd.Series:
-    """Per seed, the configuration's test accuracy minus the baseline's (seeds that both have)."""
+    """Per seed, the configuration's test accuracy minus the baseline's (seeds that both have); ``runs`` of one
+    protocol (a seed's runs of two protocols would otherwise be averaged).
+
+    Raises:
+        ValueError: ``runs`` holds more than one protocol."""
+    if "protocol" in runs and runs.protocol.nunique() > 1:
+        raise ValueError(f"paired(): runs of {runs.protocol.nunique()} protocols; pass one protocol's runs")
     by_seed = runs.pivot_table(index="seed", columns="configuration", values="test")
     if configuration_name not in by_seed or baseline not in by_seed:
         return pd.Series(dtype=float)
@@ -144,26 +178,11 @@ def calibration(table: pd.DataFrame) -> str:
             f"{CALIBRATION_FACTOR * std:.2f}, so the protocol is {'kept' if kept else 'NOT kept'}.")
 
 
-def write_table(results: str, runs: Optional[pd.DataFrame] = None, include_unfinished: bool = False) -> List[str]:
-    runs = collect_runs(results, not include_unfinished) if runs is None else runs
-    if runs.empty:
-        return []
-    out = os.path.join(results, "tables")
-    os.makedirs(out, exist_ok=True)
+def protocol_section(runs: pd.DataFrame, paper: dict) -> List[str]:
+    """One protocol's table (markdown lines), its calibration verdict and, once the paper's nine have finished runs,
+    the Spearman correlation of our ranking with the paper's."""
     table = summary(runs)
-    paper = paper_column()
-    write_frame(os.path.join(out, "cifar10_ssl_cpu.csv"), runs.sort_values(["configuration", "seed"]))
-    labels = sorted(set(runs.n_labeled.dropna().astype(int)))
-    text = (f"Semi-supervised CIFAR-10 at CPU scale (preset cifar10_ssl_cpu, {', '.join(map(str, labels))} labels; "
-            f"devices: {', '.join(sorted(set(runs.device)))}): main-task test accuracy (%) at the best validation "
-            "accuracy, mean ± std over seeds; Δ = mean over seeds of (run − the same seed's STL or LS run) ± its std, "
-            "with the number of seeds above; rank of the mean among our rows. The paper's column is its Table 4 at "
-            "5K labels and the paper's protocol (WRN-28-2, 128 + 128 images, 50K iterations), not comparable in "
-            "level; new methods (not in the paper) have none.")
-    text += left_out_note(results, benchmarks(results), include_unfinished)
-    if runs.synthetic.any():
-        text = "SYNTHETIC SMOKE RUN, not a result. " + text
-    lines = [text, "", "| configuration | seeds | test acc. (%) | Δ STL | Δ LS | rank | hours per run | paper (5K) |",
+    lines = ["| configuration | seeds | test acc. (%) | Δ STL | Δ LS | rank | hours per run | paper (5K) |",
              "|---|---|---|---|---|---|---|---|"]
     for row in table.itertuples():
         in_paper = getattr(METHODS.get(row.method), "in_paper", True) and " only" not in row.configuration
@@ -188,6 +207,38 @@ def write_table(results: str, runs: Optional[pd.DataFrame] = None, include_unfin
     else:
         lines += ["", f"Spearman correlation with the paper's ranking: once all nine of the paper's methods have "
                       f"finished runs ({len(nine)} of {len(paper_methods())} now)."]
+    return lines
+
+
+def protocol_heading(label: str) -> str:
+    """A section's heading: the protocol and its settings (``plan.CIFAR_CPU_PROTOCOLS``)."""
+    if not label.startswith("protocol "):
+        return f"## Runs with {label}"
+    arguments = CIFAR_CPU_PROTOCOLS[int(label.split()[1])]
+    last = " (the preset's default)" if int(label.split()[1]) == max(CIFAR_CPU_PROTOCOLS) else ""
+    return f"## Protocol {label.split()[1]}{last}: `{' '.join(arguments)}`"
+
+
+def write_table(results: str, runs: Optional[pd.DataFrame] = None, include_unfinished: bool = False) -> List[str]:
+    runs = collect_runs(results, not include_unfinished) if runs is None else runs
+    if runs.empty:
+        return []
+    out = os.path.join(results, "tables")
+    os.makedirs(out, exist_ok=True)
+    paper = paper_column()
+    write_frame(os.path.join(out, "cifar10_ssl_cpu.csv"), runs.sort_values(["protocol", "configuration", "seed"]))
+    text = (f"Semi-supervised CIFAR-10 at CPU scale (preset cifar10_ssl_cpu, one section per protocol, newest first; "
+            f"devices: {', '.join(sorted(set(runs.device)))}): main-task test accuracy (%) at the best validation "
+            "accuracy, mean ± std over seeds; Δ = mean over seeds of (run − the same seed's STL or LS run) ± its std, "
+            "with the number of seeds above; rank of the mean among the protocol's rows. The paper's column is its "
+            "Table 4 at 5K labels and the paper's protocol (WRN-28-2, 128 + 128 images, 50K iterations), not "
+            "comparable in level; new methods (not in the paper) have none.")
+    text += left_out_note(results, benchmarks(results), include_unfinished)
+    if runs.synthetic.any():
+        text = "SYNTHETIC SMOKE RUN, not a result. " + text
+    lines = [text]
+    for label in sorted(set(runs.protocol), key=protocol_order):
+        lines += ["", protocol_heading(label), ""] + protocol_section(runs[runs.protocol == label], paper)
     path = os.path.join(out, "cifar10_ssl_cpu.md")
     write_text(path, "\n".join(lines) + "\n")
     return [path, os.path.join(out, "cifar10_ssl_cpu.csv")]
@@ -199,12 +250,19 @@ def draw_figure(results: str, runs: Optional[pd.DataFrame] = None, include_unfin
     runs = collect_runs(results, not include_unfinished) if runs is None else runs
     if runs.empty:
         return []
+    learners = [m for m in METHOD_NAMES if METHODS[m].uses_main_task and m not in ("stl", "auxinash")]
+    with_panels = [label for label in sorted(set(runs.protocol), key=protocol_order)
+                   if set(runs[(runs.protocol == label) & ~runs.configuration.str.endswith(" only")].method)
+                   & {"auxinash", *learners}]
+    if not with_panels:
+        return []
+    protocol = with_panels[0]  # the newest protocol with runs to draw
+    runs = runs[runs.protocol == protocol]
     table = summary(runs)
     effects = {}
     for short, name in AUXILIARIES.items():
         row = table[table.configuration == f"{METHODS['equal'].label} + {name} only"]
         effects[short] = row.vs_stl.iloc[0] if len(row) else np.nan
-    learners = [m for m in METHOD_NAMES if METHODS[m].uses_main_task and m not in ("stl", "auxinash")]
     both = runs[~runs.configuration.str.endswith(" only")]
     panels = [m for m in ["auxinash", *learners] if m in set(both.method)]
     if not panels:
@@ -232,7 +290,7 @@ def draw_figure(results: str, runs: Optional[pd.DataFrame] = None, include_unfin
                                                        else "weight / main task's"), fontsize=9)
         axis.set_xlabel("iteration")
         axis.legend(fontsize=7)
-    figure.suptitle("Semi-supervised CIFAR-10, CPU preset: task weights over training, every seed\n"
+    figure.suptitle(f"Semi-supervised CIFAR-10, CPU preset ({protocol}): task weights over training, every seed\n"
                     "(alone: Equal with that auxiliary only − STL, test accuracy points)", fontsize=9)
     figure.tight_layout()
     path = os.path.join(results, "figures", "cifar10_ssl_cpu_weights.png")
