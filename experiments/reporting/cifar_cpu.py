@@ -10,16 +10,16 @@ round on ties). Runs belong to the protocol of ``plan.CIFAR_CPU_PROTOCOLS`` whos
 batches, iterations, evaluation interval; other settings, e.g. ``--quick`` runs, form their own group); every number
 below is computed within one protocol, never across. Writes
 
-- ``tables/cifar10_ssl_cpu.md`` and ``.csv``: one section per protocol, newest first; per configuration (STL, Equal with both auxiliaries, Equal with one,
-  every other method with both), the test accuracy as mean ± std over seeds, the paired (same seed, hence the same
-  labelled subset) difference to STL and to LS (Equal with both), the rank of the mean, and the paper's 5K-label
-  column beside the paper's nine methods (labelled as the paper's); the Spearman correlation of our ranking of the
-  paper's nine methods with the paper's, once all nine have finished runs; and the calibration's verdict: the
-  protocol is kept when Equal with both auxiliaries beats STL by more than twice the std of the paired differences;
+- ``tables/cifar10_ssl_cpu.md`` and ``.csv``: one section per protocol, newest first; per configuration (STL,
+  Equal with both auxiliaries, Equal with one, every other method with both), the test accuracy as mean ± std over
+  seeds, the paired (same seed, hence the same labelled subset) difference to STL and to LS (Equal with both), the
+  rank of the mean, and the paper's 5K-label column beside the paper's nine methods (labelled as the paper's); the
+  Spearman correlation of our ranking of the paper's nine methods with the paper's, once all nine have finished
+  runs; and the calibration's verdict: the protocol is kept when Equal with both auxiliaries beats STL by more than
+  twice the std of the paired differences;
 - ``figures/cifar10_ssl_cpu_weights.png``, for the newest protocol with such runs: AuxiNash's bargaining power p
-  per task over training (every seed) beside
-  each auxiliary's effect alone, and the mean weight per evaluation block that each other auxiliary-learning method
-  gives each auxiliary, divided by the main task's weight.
+  per task over training (every seed) beside each auxiliary's effect alone, and the mean weight per evaluation
+  block that each other auxiliary-learning method gives each auxiliary, divided by the main task's weight.
 """
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ MAIN = "cls"  # the main task's short name in metrics.csv (classification)
 AUXILIARIES = {"rot": "Rotation", "exemplar": "Exemplar-MT"}
 TASK_NAMES = {"classification": "cls", "rotation": "rot", "exemplar": "exemplar"}  # --tasks → column names
 CALIBRATION_FACTOR = 2.0  # keep the protocol if mean(Equal − STL) > 2 × std of the paired differences (issue 33)
-SETTINGS = ("n_labeled", "width", "labeled_batch", "unlabeled_batch", "iterations", "eval_every")  # what a protocol fixes
+# what a protocol fixes (config.json keys; plan.CIFAR_CPU_PROTOCOLS gives them as flags)
+SETTINGS = ("n_labeled", "width", "labeled_batch", "unlabeled_batch", "iterations", "eval_every")
 
 
 def protocol_settings(arguments) -> dict:
@@ -70,9 +71,15 @@ def protocol_of(config: dict) -> str:
     return "other settings (" + ", ".join(f"{key} {values[key]}" for key in SETTINGS) + ")"
 
 
+def protocol_number(label: str) -> Optional[int]:
+    """k of a "protocol <k>" label (``protocol_of``); None for other settings."""
+    return int(label.split()[1]) if label.startswith("protocol ") else None
+
+
 def protocol_order(label: str) -> tuple:
     """Newest protocol first, other settings last."""
-    return (0, -int(label.split()[1])) if label.startswith("protocol ") else (1, label)
+    number = protocol_number(label)
+    return (0, -number) if number is not None else (1, label)
 
 
 def benchmarks(results: str) -> List[str]:
@@ -212,11 +219,11 @@ def protocol_section(runs: pd.DataFrame, paper: dict) -> List[str]:
 
 def protocol_heading(label: str) -> str:
     """A section's heading: the protocol and its settings (``plan.CIFAR_CPU_PROTOCOLS``)."""
-    if not label.startswith("protocol "):
+    number = protocol_number(label)
+    if number is None:
         return f"## Runs with {label}"
-    arguments = CIFAR_CPU_PROTOCOLS[int(label.split()[1])]
-    last = " (the preset's default)" if int(label.split()[1]) == max(CIFAR_CPU_PROTOCOLS) else ""
-    return f"## Protocol {label.split()[1]}{last}: `{' '.join(arguments)}`"
+    last = " (the preset's default)" if number == max(CIFAR_CPU_PROTOCOLS) else ""
+    return f"## Protocol {number}{last}: `{' '.join(CIFAR_CPU_PROTOCOLS[number])}`"
 
 
 def write_table(results: str, runs: Optional[pd.DataFrame] = None, include_unfinished: bool = False) -> List[str]:
@@ -229,9 +236,9 @@ def write_table(results: str, runs: Optional[pd.DataFrame] = None, include_unfin
     write_frame(os.path.join(out, "cifar10_ssl_cpu.csv"), runs.sort_values(["protocol", "configuration", "seed"]))
     text = (f"Semi-supervised CIFAR-10 at CPU scale (preset cifar10_ssl_cpu, one section per protocol, newest first; "
             f"devices: {', '.join(sorted(set(runs.device)))}): main-task test accuracy (%) at the best validation "
-            "accuracy, mean ± std over seeds; Δ = mean over seeds of (run − the same seed's STL or LS run) ± its std, "
-            "with the number of seeds above; rank of the mean among the protocol's rows. The paper's column is its "
-            "Table 4 at 5K labels and the paper's protocol (WRN-28-2, 128 + 128 images, 50K iterations), not "
+            "accuracy, mean ± std over seeds; Δ = mean over seeds of (run − the same seed's STL or LS run) ± its "
+            "std, with the number of seeds above; rank of the mean among the protocol's rows. The paper's column is "
+            "its Table 4 at 5K labels and the paper's protocol (WRN-28-2, 128 + 128 images, 50K iterations), not "
             "comparable in level; new methods (not in the paper) have none.")
     text += left_out_note(results, benchmarks(results), include_unfinished)
     if runs.synthetic.any():
