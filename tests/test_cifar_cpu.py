@@ -140,3 +140,51 @@ def test_protocols_are_reported_apart_never_paired_across(tmp_path):
     assert "NOT kept" not in sections[0] and "+5.50" in sections[0]  # 5.5 > 2 × 0.5
     assert "NOT kept" in sections[1] and "+3.00" in sections[1]  # 3 < 2 × 2
     assert "| STL | 1 (0) | 30.00" in sections[2]
+
+
+def test_question_and_learned_weights_against_each_auxiliary_alone(tmp_path):
+    """AuxiNash against STL, LS and Nash-MTL paired by seed, and the learned weights beside each auxiliary's effect
+    alone; every expected value below is worked out by hand from the runs written here."""
+    results = str(tmp_path)
+    both = ["classification", "rotation", "exemplar"]
+    p = {0: {"cls": 1.2, "rot": 1.1, "exemplar": 0.7},   # mean over the 2 blocks (p = 1 in the first): 1.05 > 0.85
+         1: {"cls": 1.0, "rot": 0.6, "exemplar": 1.4},   # 0.8 < 1.2
+         2: {"cls": 1.0, "rot": 1.0, "exemplar": 1.0}}   # a tie
+    for seed, base in ((0, 50.0), (1, 52.0), (2, 51.0)):
+        write_run(results, "stl", "cpu", seed, ["classification"], base)
+        write_run(results, "equal", "cpu", seed, both, base + 3.0 + 0.5 * seed)            # 53, 55.5, 55
+        write_run(results, "nashmtl", "cpu", seed, both, base + 4.0)                        # 54, 56, 55
+        write_run(results, "auxinash", "cpu", seed, both, base + 5.0 + 0.5 * seed, p=p[seed])  # 55, 57.5, 57
+        write_run(results, "equal", "cpu-rotation", seed, ["classification", "rotation"], base + 2.0)  # alone +2
+        write_run(results, "equal", "cpu-exemplar", seed, ["classification", "exemplar"], base - 1.0)  # alone −1
+    # OL-AUX seed 0 only: weights / main = 0.25 (Rotation), 0.5 (Exemplar-MT): the opposite order of the effects
+    write_run(results, "olaux", "cpu", 0, both, 50.0, weights={"cls": 2.0, "rot": 0.5, "exemplar": 1.0})
+    runs = cifar_cpu.collect_runs(results)
+    lines = "\n".join(cifar_cpu.question(runs))
+    # AuxiNash − STL: 5, 5.5, 6 (5.5 ± 0.5 > 1.0); − LS: 2, 2, 2 (std 0); − Nash-MTL: 1, 1.5, 2 (1.5 ± 0.5 > 1.0)
+    assert "AuxiNash − STL = +5.50 ± 0.50 points over 3 seed(s) (+5.00, +5.50, +6.00), above in 3 of 3: beyond" in lines
+    assert "AuxiNash − LS = +2.00 ± 0.00 points over 3 seed(s)" in lines
+    assert "AuxiNash − Nash-MTL = +1.50 ± 0.50 points over 3 seed(s) (+1.00, +1.50, +2.00), above in 3 of 3: beyond " \
+           "seed noise (|mean| > 2 × std = 1.00)" in lines
+    table = cifar_cpu.weights_against_effects(results, runs).set_index(["method", "seed"])
+    assert table.loc[("auxinash", 0)].weight_rot == pytest.approx(1.05, abs=1e-12)  # (1.0 + 1.1) / 2, rounding only
+    assert table.loc[("auxinash", 1)].weight_exemplar == pytest.approx(1.2, abs=1e-12)
+    assert table.loc[("auxinash", 0)].alone_rot == 2.0 and table.loc[("auxinash", 0)].alone_exemplar == -1.0
+    assert [table.loc[("auxinash", s)].weight_order for s in (0, 1, 2)] == ["Rotation first", "Exemplar-MT first",
+                                                                             "tie"]
+    assert table.loc[("olaux", 0)].weight_rot == 0.25 and table.loc[("olaux", 0)].agree == False  # noqa: E712
+    text = "\n".join(cifar_cpu.weights_section(results, runs))
+    assert text.index("| AuxiNash | 2 |") < text.index("| OL-AUX | 0 |")  # AuxiNash first, then the plan's order
+    assert "- AuxiNash: the weights order the auxiliaries as their effects alone in 1 of 3 seed(s) with both known." \
+        in text
+    assert "- OL-AUX: the weights order the auxiliaries as their effects alone in 0 of 1 seed(s)" in text
+    # without the single-auxiliary runs the order of the effects is unknown, and said so
+    alone = runs[~runs.configuration.str.endswith(" only")]
+    assert "in 0 of 0 seed(s) with both known (3 more without the single-auxiliary runs yet)" in "\n".join(
+        cifar_cpu.weights_section(results, alone))
+    # one question line per baseline, and no AuxiNash at all
+    assert cifar_cpu.question(runs[runs.method != "auxinash"]) == [
+        "AuxiNash against STL, LS and Nash-MTL: no finished AuxiNash run yet."]
+    written = cifar_cpu.make_all(results)
+    assert os.path.join(results, "figures", "cifar10_ssl_cpu_weights.png") in written
+    assert "AuxiNash − Nash-MTL = +1.50" in open(os.path.join(results, "tables", "cifar10_ssl_cpu.md")).read()

@@ -15,11 +15,14 @@ below is computed within one protocol, never across. Writes
   seeds, the paired (same seed, hence the same labelled subset) difference to STL and to LS (Equal with both), the
   rank of the mean, and the paper's 5K-label column beside the paper's nine methods (labelled as the paper's); the
   Spearman correlation of our ranking of the paper's nine methods with the paper's, once all nine have finished
-  runs; and the calibration's verdict: the protocol is kept when Equal with both auxiliaries beats STL by more than
-  twice the std of the paired differences;
-- ``figures/cifar10_ssl_cpu_weights.png``, for the newest protocol with such runs: AuxiNash's bargaining power p
-  per task over training (every seed) beside each auxiliary's effect alone, and the mean weight per evaluation
-  block that each other auxiliary-learning method gives each auxiliary, divided by the main task's weight.
+  runs; the calibration's verdict: the protocol is kept when Equal with both auxiliaries beats STL by more than
+  twice the std of the paired differences; the question, AuxiNash against STL, LS and Nash-MTL paired by seed,
+  "beyond seed noise" by the same criterion; and per run of AuxiNash and of each other auxiliary-learning method,
+  its learned weight of each auxiliary beside the same seed's effect of that auxiliary alone, and in how many seeds
+  the two order the auxiliaries alike;
+- ``figures/cifar10_ssl_cpu_weights.png``, for the newest protocol with such runs: each auxiliary's effect alone
+  (every seed), AuxiNash's bargaining power p per task over training (every seed), and the mean weight per
+  evaluation block that each other auxiliary-learning method gives each auxiliary, divided by the main task's.
 """
 from __future__ import annotations
 
@@ -185,9 +188,114 @@ def calibration(table: pd.DataFrame) -> str:
             f"{CALIBRATION_FACTOR * std:.2f}, so the protocol is {'kept' if kept else 'NOT kept'}.")
 
 
-def protocol_section(runs: pd.DataFrame, paper: dict) -> List[str]:
-    """One protocol's table (markdown lines), its calibration verdict and, once the paper's nine have finished runs,
-    the Spearman correlation of our ranking with the paper's."""
+def question(runs: pd.DataFrame) -> List[str]:
+    """The issue's question in words: AuxiNash (both auxiliaries) against STL, LS and Nash-MTL, paired by seed, each
+    beyond seed noise when the mean paired difference exceeds ``CALIBRATION_FACTOR`` × its std (the calibration's
+    criterion), with 3 seeds at least."""
+    target = METHODS["auxinash"].label
+    if target not in set(runs.configuration):
+        return ["AuxiNash against STL, LS and Nash-MTL: no finished AuxiNash run yet."]
+    lines = []
+    for baseline in ("stl", "equal", "nashmtl"):
+        name = METHODS[baseline].label
+        difference = paired(runs, target, name)
+        if difference.empty:
+            lines.append(f"- AuxiNash − {name}: no seed with both finished yet.")
+            continue
+        mean, n = difference.mean(), len(difference)
+        std = difference.std(ddof=1) if n > 1 else np.nan
+        verdict = ("fewer than 3 seeds, no verdict yet" if n < 3 else
+                   ("beyond seed noise" if abs(mean) > CALIBRATION_FACTOR * std else "within seed noise")
+                   + f" (|mean| {'>' if abs(mean) > CALIBRATION_FACTOR * std else '≤'} "
+                     f"{CALIBRATION_FACTOR:g} × std = {CALIBRATION_FACTOR * std:.2f})")
+        lines.append(f"- AuxiNash − {name} = {fmt(mean, sign=True)} ± {fmt(std)} points over {n} seed(s) "
+                     f"({', '.join(fmt(d, sign=True) for d in difference)}), above in {int((difference > 0).sum())} "
+                     f"of {n}: {verdict}.")
+    return ["AuxiNash against STL, LS and Nash-MTL (paired by seed; test accuracy points):", ""] + lines
+
+
+def auxiliary_weights(results: str, run) -> dict:
+    """{auxiliary short name: the run's mean over its evaluation blocks of AuxiNash's p (the bargaining power at each
+    block's end) or, for another method, of its mean weight per block divided by the main task's}."""
+    metrics = pd.read_csv(os.path.join(results, run.run, "metrics.csv"))
+    train = metrics[metrics[SPLIT] == TRAIN_SPLIT]
+    out = {}
+    for task in AUXILIARIES:
+        if run.method == "auxinash":
+            column = p_column(task)
+            out[task] = float(train[column].mean()) if column in train else np.nan
+        elif weight_column(task) in train and weight_column(MAIN) in train:
+            main = train[weight_column(MAIN)].replace(0.0, np.nan)  # a zero main weight has no ratio
+            out[task] = float((train[weight_column(task)] / main).mean())
+        else:
+            out[task] = np.nan
+    return out
+
+
+def auxiliary_order(values: dict) -> str:
+    """"rot > exemplar", "exemplar > rot" or "tie" for a {auxiliary: value} pair; "–" where one is missing."""
+    rot, exemplar = values.get("rot", np.nan), values.get("exemplar", np.nan)
+    if pd.isna(rot) or pd.isna(exemplar):
+        return "–"
+    return "tie" if rot == exemplar else ("Rotation first" if rot > exemplar else "Exemplar-MT first")
+
+
+def weights_against_effects(results: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run of AuxiNash and of every other auxiliary-learning method with both auxiliaries (``draw_figure``'s
+    panels): its learned weight per auxiliary (``auxiliary_weights``) beside the same seed's effect of each auxiliary
+    alone (Equal with that auxiliary only − STL, test accuracy points), and whether both order the two auxiliaries
+    alike."""
+    learners = {"auxinash", *(m for m in METHOD_NAMES if METHODS[m].uses_main_task and m != "stl")}
+    by_seed = runs.pivot_table(index="seed", columns="configuration", values="test")
+    stl = METHODS["stl"].label
+    rows = []
+    for run in runs[runs.method.isin(learners) & ~runs.configuration.str.endswith(" only")].itertuples():
+        weights = auxiliary_weights(results, run)
+        effects = {}
+        for short, name in AUXILIARIES.items():
+            alone = f"{METHODS['equal'].label} + {name} only"
+            effects[short] = (by_seed.at[run.seed, alone] - by_seed.at[run.seed, stl]
+                              if alone in by_seed and stl in by_seed else np.nan)
+        weight_order, effect_order = auxiliary_order(weights), auxiliary_order(effects)
+        rows.append({"method": run.method, "configuration": run.configuration, "seed": run.seed,
+                     **{f"weight_{a}": weights[a] for a in AUXILIARIES},
+                     **{f"alone_{a}": effects[a] for a in AUXILIARIES},
+                     "weight_order": weight_order, "effect_order": effect_order,
+                     "agree": (np.nan if "–" in (weight_order, effect_order) else weight_order == effect_order)})
+    return pd.DataFrame(rows)
+
+
+def weights_section(results: str, runs: pd.DataFrame) -> List[str]:
+    """``weights_against_effects`` as a markdown table and, per method, in how many seeds its weights order the two
+    auxiliaries as their effects alone do."""
+    table = weights_against_effects(results, runs)
+    if table.empty:
+        return []
+    order_of = {m: i for i, m in enumerate(["auxinash", *(m for m in METHOD_NAMES if m != "auxinash")])}
+    table = table.assign(order=table.method.map(order_of)).sort_values(["order", "seed"])
+    lines = ["Learned weight of each auxiliary (AuxiNash: bargaining power p, mean over the evaluation blocks of p at "
+             "each block's end; other methods: mean weight per block / the main task's) beside the same seed's "
+             "effect of that auxiliary alone (Equal with it only − STL, points):", "",
+             "| method | seed | weight Rotation | weight Exemplar-MT | Rotation alone | Exemplar-MT alone | "
+             "weights order | effects order |", "|---|---|---|---|---|---|---|---|"]
+    for row in table.itertuples():
+        lines.append(f"| {row.configuration} | {row.seed} | {fmt(row.weight_rot, 3)} | {fmt(row.weight_exemplar, 3)} "
+                     f"| {fmt(row.alone_rot, sign=True)} | {fmt(row.alone_exemplar, sign=True)} | {row.weight_order} "
+                     f"| {row.effect_order} |")
+    lines.append("")
+    for configuration, group in table.groupby("configuration", sort=False):
+        known = group.agree.dropna()
+        lines.append(f"- {configuration}: the weights order the auxiliaries as their effects alone in "
+                     f"{int(known.sum())} of {len(known)} seed(s) with both known" + (
+                         f" ({len(group) - len(known)} more without the single-auxiliary runs yet)."
+                         if len(known) < len(group) else "."))
+    return lines
+
+
+def protocol_section(results: str, runs: pd.DataFrame, paper: dict) -> List[str]:
+    """One protocol's table (markdown lines), its calibration verdict, the question (AuxiNash against STL, LS and
+    Nash-MTL), the learned weights beside each auxiliary's effect alone and, once the paper's nine have finished
+    runs, the Spearman correlation of our ranking with the paper's."""
     table = summary(runs)
     lines = ["| configuration | seeds | test acc. (%) | Δ STL | Δ LS | rank | hours per run | paper (5K) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -202,7 +310,9 @@ def protocol_section(runs: pd.DataFrame, paper: dict) -> List[str]:
                         if row.vs_ls_seeds else "– | ")
                      + f"{row.rank} | {fmt(row.hours)} | "
                      + (f"{printed[0]:.2f} ± {printed[1]:.2f} |" if printed else "– |"))
-    lines += ["", calibration(table)]
+    lines += ["", calibration(table), ""] + question(runs)
+    weights = weights_section(results, runs)
+    lines += [""] + weights if weights else []
     nine = table[table.configuration.isin([METHODS[m].label for m in paper_methods()])
                  & table.method.isin(paper_methods())]
     nine = nine[nine.configuration.isin(paper)]
@@ -245,15 +355,32 @@ def write_table(results: str, runs: Optional[pd.DataFrame] = None, include_unfin
         text = "SYNTHETIC SMOKE RUN, not a result. " + text
     lines = [text]
     for label in sorted(set(runs.protocol), key=protocol_order):
-        lines += ["", protocol_heading(label), ""] + protocol_section(runs[runs.protocol == label], paper)
+        lines += ["", protocol_heading(label), ""] + protocol_section(results, runs[runs.protocol == label], paper)
     path = os.path.join(out, "cifar10_ssl_cpu.md")
     write_text(path, "\n".join(lines) + "\n")
     return [path, os.path.join(out, "cifar10_ssl_cpu.csv")]
 
 
+def draw_effects_alone(axis, runs: pd.DataFrame) -> None:
+    """Each auxiliary's effect alone (Equal with that auxiliary only − the same seed's STL, test accuracy points):
+    one dot per seed, a bar at the mean."""
+    stl = METHODS["stl"].label
+    for x, (short, name) in enumerate(AUXILIARIES.items()):
+        difference = paired(runs, f"{METHODS['equal'].label} + {name} only", stl)
+        colour = {"rot": "tab:blue", "exemplar": "tab:orange"}[short]
+        if len(difference):
+            axis.bar(x, difference.mean(), color=colour, alpha=0.4)
+            axis.scatter([x] * len(difference), difference, color=colour, zorder=3)
+    axis.axhline(0.0, color="grey", linewidth=0.8)
+    axis.set_xticks(range(len(AUXILIARIES)), list(AUXILIARIES.values()))
+    axis.set_ylabel("test accuracy − STL (points)")
+    axis.set_title("each auxiliary alone (Equal), every seed", fontsize=9)
+
+
 def draw_figure(results: str, runs: Optional[pd.DataFrame] = None, include_unfinished: bool = False) -> List[str]:
-    """AuxiNash's p per task over training (every seed); the other auxiliary-learning methods' weight per
-    auxiliary relative to the main task's; each auxiliary's effect alone in the legend."""
+    """A first panel with each auxiliary's effect alone (every seed, ``draw_effects_alone``), then AuxiNash's p per
+    task over training (every seed) and the other auxiliary-learning methods' weight per auxiliary relative to the
+    main task's; each auxiliary's mean effect alone also in the legends."""
     runs = collect_runs(results, not include_unfinished) if runs is None else runs
     if runs.empty:
         return []
@@ -274,9 +401,10 @@ def draw_figure(results: str, runs: Optional[pd.DataFrame] = None, include_unfin
     panels = [m for m in ["auxinash", *learners] if m in set(both.method)]
     if not panels:
         return []
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    figure, axes = plt.subplots(1, len(panels) + 1, figsize=(4.2 * (len(panels) + 1), 3.4), squeeze=False)
+    draw_effects_alone(axes[0][0], runs)
     colours = {"cls": "black", "rot": "tab:blue", "exemplar": "tab:orange"}
-    for axis, method in zip(axes[0], panels):
+    for axis, method in zip(axes[0][1:], panels):
         for run in both[both.method == method].itertuples():
             metrics = pd.read_csv(os.path.join(results, run.run, "metrics.csv"))
             train = metrics[metrics[SPLIT] == TRAIN_SPLIT]
