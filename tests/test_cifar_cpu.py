@@ -175,6 +175,9 @@ def test_question_and_learned_weights_against_each_auxiliary_alone(tmp_path):
     assert table.loc[("olaux", 0)].weight_rot == 0.25 and table.loc[("olaux", 0)].agree == False  # noqa: E712
     text = "\n".join(cifar_cpu.weights_section(results, runs))
     assert text.index("| AuxiNash | 2 |") < text.index("| OL-AUX | 0 |")  # AuxiNash first, then the plan's order
+    # Rotation alone − Exemplar-MT alone: +3 in every seed (std 0): a measured order
+    assert "Rotation − Exemplar-MT paired by seed: +3.00 ± 0.00 points over 3 seed(s) (+3.00, +3.00, +3.00): beyond " \
+        "seed noise" in text
     assert "- AuxiNash: the weights order the auxiliaries as their effects alone in 1 of 3 seed(s) with both known." \
         in text
     assert "- OL-AUX: the weights order the auxiliaries as their effects alone in 0 of 1 seed(s)" in text
@@ -182,6 +185,15 @@ def test_question_and_learned_weights_against_each_auxiliary_alone(tmp_path):
     alone = runs[~runs.configuration.str.endswith(" only")]
     assert "in 0 of 0 seed(s) with both known (3 more without the single-auxiliary runs yet)" in "\n".join(
         cifar_cpu.weights_section(results, alone))
+    assert "no seed with both single-auxiliary runs" in cifar_cpu.effects_apart(alone)
+    # Exemplar-MT alone −1, +1.5, +4 (seeds 0, 1, 2), Rotation +2: differences 3, 0.5, −2: mean 0.5, std 2.5
+    noisy = runs.copy()
+    noisy.loc[(noisy.configuration == "LS + Exemplar-MT only") & (noisy.seed == 1), "test"] = 52.0 + 1.5
+    noisy.loc[(noisy.configuration == "LS + Exemplar-MT only") & (noisy.seed == 2), "test"] = 51.0 + 4.0
+    assert cifar_cpu.effects_apart(noisy) == (
+        "The effects alone, Rotation − Exemplar-MT paired by seed: +0.50 ± 2.50 points over 3 seed(s) (+3.00, +0.50, "
+        "-2.00): within seed noise (|mean| ≤ 2 × std = 5.00): the two help alike as far as 3 seeds tell, and the "
+        "orders below are not a measured ranking.")
     # one question line per baseline, and no AuxiNash at all
     assert cifar_cpu.question(runs[runs.method != "auxinash"]) == [
         "AuxiNash against STL, LS and Nash-MTL: no finished AuxiNash run yet."]
