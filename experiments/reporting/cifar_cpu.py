@@ -303,7 +303,7 @@ def weights_section(results: str, runs: pd.DataFrame) -> List[str]:
         lines.append(f"| {row.configuration} | {row.seed} | {fmt(row.weight_rot, 3)} | {fmt(row.weight_exemplar, 3)} "
                      f"| {fmt(row.alone_rot, sign=True)} | {fmt(row.alone_exemplar, sign=True)} | {row.weight_order} "
                      f"| {row.effect_order} |")
-    lines += ["", effects_apart(runs)]
+    lines += ["", effects_apart(runs), ""]
     for configuration, group in table.groupby("configuration", sort=False):
         known = group.agree.dropna()
         lines.append(f"- {configuration}: the weights order the auxiliaries as their effects alone in "
