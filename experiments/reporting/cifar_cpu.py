@@ -188,6 +188,16 @@ def calibration(table: pd.DataFrame) -> str:
             f"{CALIBRATION_FACTOR * std:.2f}, so the protocol is {'kept' if kept else 'NOT kept'}.")
 
 
+def noise_summary(difference: pd.Series) -> tuple:
+    """Paired differences (one per seed) as (std, seeds, "mean ± std points over n seed(s) (each)", beyond):
+    beyond is None under 3 seeds, else whether |mean| > ``CALIBRATION_FACTOR`` × std (the calibration's criterion)."""
+    mean, n = difference.mean(), len(difference)
+    std = difference.std(ddof=1) if n > 1 else np.nan
+    words = (f"{fmt(mean, sign=True)} ± {fmt(std)} points over {n} seed(s) "
+             f"({', '.join(fmt(d, sign=True) for d in difference)})")
+    return std, n, words, (None if n < 3 else bool(abs(mean) > CALIBRATION_FACTOR * std))
+
+
 def question(runs: pd.DataFrame) -> List[str]:
     """The issue's question in words: AuxiNash (both auxiliaries) against STL, LS and Nash-MTL, paired by seed, each
     beyond seed noise when the mean paired difference exceeds ``CALIBRATION_FACTOR`` × its std (the calibration's
@@ -202,15 +212,11 @@ def question(runs: pd.DataFrame) -> List[str]:
         if difference.empty:
             lines.append(f"- AuxiNash − {name}: no seed with both finished yet.")
             continue
-        mean, n = difference.mean(), len(difference)
-        std = difference.std(ddof=1) if n > 1 else np.nan
-        verdict = ("fewer than 3 seeds, no verdict yet" if n < 3 else
-                   ("beyond seed noise" if abs(mean) > CALIBRATION_FACTOR * std else "within seed noise")
-                   + f" (|mean| {'>' if abs(mean) > CALIBRATION_FACTOR * std else '≤'} "
-                     f"{CALIBRATION_FACTOR:g} × std = {CALIBRATION_FACTOR * std:.2f})")
-        lines.append(f"- AuxiNash − {name} = {fmt(mean, sign=True)} ± {fmt(std)} points over {n} seed(s) "
-                     f"({', '.join(fmt(d, sign=True) for d in difference)}), above in {int((difference > 0).sum())} "
-                     f"of {n}: {verdict}.")
+        std, n, words, beyond = noise_summary(difference)
+        verdict = ("fewer than 3 seeds, no verdict yet" if beyond is None else
+                   ("beyond seed noise" if beyond else "within seed noise")
+                   + f" (|mean| {'>' if beyond else '≤'} {CALIBRATION_FACTOR:g} × std = {CALIBRATION_FACTOR * std:.2f})")
+        lines.append(f"- AuxiNash − {name} = {words}, above in {int((difference > 0).sum())} of {n}: {verdict}.")
     return ["AuxiNash against STL, LS and Nash-MTL (paired by seed; test accuracy points):", ""] + lines
 
 
@@ -273,17 +279,15 @@ def effects_apart(runs: pd.DataFrame) -> str:
     difference = paired(runs, rotation, exemplar)
     if difference.empty:
         return "The effects alone: no seed with both single-auxiliary runs finished yet."
-    mean, n = difference.mean(), len(difference)
-    std = difference.std(ddof=1) if n > 1 else np.nan
-    if n < 3:
+    std, _, words, beyond = noise_summary(difference)
+    if beyond is None:
         verdict = "fewer than 3 seeds, so no measured order of the two yet"
-    elif abs(mean) > CALIBRATION_FACTOR * std:
+    elif beyond:
         verdict = f"beyond seed noise (|mean| > {CALIBRATION_FACTOR:g} × std): a measured order"
     else:
         verdict = (f"within seed noise (|mean| ≤ {CALIBRATION_FACTOR:g} × std = {CALIBRATION_FACTOR * std:.2f}): the "
                    "two help alike as far as 3 seeds tell, and the orders below are not a measured ranking")
-    return (f"The effects alone, Rotation − Exemplar-MT paired by seed: {fmt(mean, sign=True)} ± {fmt(std)} points "
-            f"over {n} seed(s) ({', '.join(fmt(d, sign=True) for d in difference)}): {verdict}.")
+    return f"The effects alone, Rotation − Exemplar-MT paired by seed: {words}: {verdict}."
 
 
 def weights_section(results: str, runs: pd.DataFrame) -> List[str]:
