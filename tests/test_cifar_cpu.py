@@ -1,6 +1,7 @@
 """Semi-supervised CIFAR-10 at CPU scale (issue 33): the plan's preset and its report (experiments/reporting/cifar_cpu.py)
 on a tiny hand-made results tree whose expected values are written out by hand below."""
 import json
+import math
 import os
 
 import numpy as np
@@ -164,8 +165,17 @@ def test_question_and_learned_weights_against_each_auxiliary_alone(tmp_path):
     # AuxiNash − STL: 5, 5.5, 6 (5.5 ± 0.5 > 1.0); − LS: 2, 2, 2 (std 0); − Nash-MTL: 1, 1.5, 2 (1.5 ± 0.5 > 1.0)
     assert "AuxiNash − STL = +5.50 ± 0.50 points over 3 seed(s) (+5.00, +5.50, +6.00), above in 3 of 3: beyond" in lines
     assert "AuxiNash − LS = +2.00 ± 0.00 points over 3 seed(s)" in lines
+    # the paired t-test beside it, by hand: with 3 seeds (2 degrees of freedom) Student's t has the closed-form CDF
+    # 1/2 + t / (2 √(t² + 2)), so the two-sided p is 1 − t / √(t² + 2), t = mean / (std / √3)
+    def p_two_sided(t):
+        return 1.0 - t / math.sqrt(t * t + 2.0)
+    t_stl, t_nash = 5.5 / (0.5 / math.sqrt(3)), 1.5 / (0.5 / math.sqrt(3))  # 11√3 and 3√3
+    assert f"above in 3 of 3: beyond seed noise (|mean| > 2 × std = 1.00; paired t-test p = {p_two_sided(t_stl):.3f})." \
+        in lines and f"{p_two_sided(t_stl):.3f}" == "0.003"
     assert "AuxiNash − Nash-MTL = +1.50 ± 0.50 points over 3 seed(s) (+1.00, +1.50, +2.00), above in 3 of 3: beyond " \
-           "seed noise (|mean| > 2 × std = 1.00)" in lines
+           f"seed noise (|mean| > 2 × std = 1.00; paired t-test p = {p_two_sided(t_nash):.3f})" in lines
+    assert f"{p_two_sided(t_nash):.3f}" == "0.035"
+    assert "2 × std = 0.00)" in lines  # − LS: no spread, t undefined, so no t-test words
     table = cifar_cpu.weights_against_effects(results, runs).set_index(["method", "seed"])
     assert table.loc[("auxinash", 0)].weight_rot == pytest.approx(1.05, abs=1e-12)  # (1.0 + 1.1) / 2, rounding only
     assert table.loc[("auxinash", 1)].weight_exemplar == pytest.approx(1.2, abs=1e-12)
@@ -192,8 +202,9 @@ def test_question_and_learned_weights_against_each_auxiliary_alone(tmp_path):
     noisy.loc[(noisy.configuration == "LS + Exemplar-MT only") & (noisy.seed == 2), "test"] = 51.0 + 4.0
     assert cifar_cpu.effects_apart(noisy) == (
         "The effects alone, Rotation − Exemplar-MT paired by seed: +0.50 ± 2.50 points over 3 seed(s) (+3.00, +0.50, "
-        "-2.00): within seed noise (|mean| ≤ 2 × std = 5.00): the two help alike as far as 3 seeds tell, and the "
-        "orders below are not a measured ranking.")
+        f"-2.00): within seed noise (|mean| ≤ 2 × std = 5.00; paired t-test p = {p_two_sided(0.5 / (2.5 / math.sqrt(3))):.3f}"
+        "): the two help alike as far as 3 seeds tell, and the orders below are not a measured ranking.")
+    assert f"{p_two_sided(0.5 / (2.5 / math.sqrt(3))):.3f}" == "0.762"
     # one question line per baseline, and no AuxiNash at all
     assert cifar_cpu.question(runs[runs.method != "auxinash"]) == [
         "AuxiNash against STL, LS and Nash-MTL: no finished AuxiNash run yet."]

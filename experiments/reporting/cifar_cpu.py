@@ -17,7 +17,7 @@ below is computed within one protocol, never across. Writes
   Spearman correlation of our ranking of the paper's nine methods with the paper's, once all nine have finished
   runs; the calibration's verdict: the protocol is kept when Equal with both auxiliaries beats STL by more than
   twice the std of the paired differences; the question, AuxiNash against STL, LS and Nash-MTL paired by seed,
-  "beyond seed noise" by the same criterion; and per run of AuxiNash and of each other auxiliary-learning method,
+  "beyond seed noise" by the same criterion (with the paired t-test's two-sided p beside it); and per run of AuxiNash and of each other auxiliary-learning method,
   its learned weight of each auxiliary beside the same seed's effect of that auxiliary alone, and in how many seeds
   the two order the auxiliaries alike;
 - ``figures/cifar10_ssl_cpu_weights.png``, for the newest protocol with such runs: each auxiliary's effect alone
@@ -38,6 +38,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from experiments.orchestration.plan import CIFAR_CPU_PROTOCOLS
 from experiments.storage.results_io import (PAPER_DIR, SPLIT, TRAIN_SPLIT, p_column, save_figure, weight_column,
@@ -198,6 +199,15 @@ def noise_summary(difference: pd.Series) -> tuple:
     return std, n, words, (None if n < 3 else bool(abs(mean) > CALIBRATION_FACTOR * std))
 
 
+def t_test_words(difference: pd.Series) -> str:
+    """"; paired t-test p = 0.010": the two-sided p-value of Student's one-sample t-test of the paired differences
+    against 0 (``scipy.stats.ttest_1samp``), as a reader's second measure beside the criterion; "" under 3 seeds or
+    with no spread (t undefined). The criterion |mean| > 2 × std is t > 2√n, so with 3 seeds it is p < 0.074."""
+    if len(difference) < 3 or not difference.std(ddof=1) > 0:
+        return ""
+    return f"; paired t-test p = {stats.ttest_1samp(difference.to_numpy(), 0.0).pvalue:.3f}"
+
+
 def question(runs: pd.DataFrame) -> List[str]:
     """The issue's question in words: AuxiNash (both auxiliaries) against STL, LS and Nash-MTL, paired by seed, each
     beyond seed noise when the mean paired difference exceeds ``CALIBRATION_FACTOR`` × its std (the calibration's
@@ -215,7 +225,8 @@ def question(runs: pd.DataFrame) -> List[str]:
         std, n, words, beyond = noise_summary(difference)
         verdict = ("fewer than 3 seeds, no verdict yet" if beyond is None else
                    ("beyond seed noise" if beyond else "within seed noise")
-                   + f" (|mean| {'>' if beyond else '≤'} {CALIBRATION_FACTOR:g} × std = {CALIBRATION_FACTOR * std:.2f})")
+                   + f" (|mean| {'>' if beyond else '≤'} {CALIBRATION_FACTOR:g} × std = {CALIBRATION_FACTOR * std:.2f}"
+                   f"{t_test_words(difference)})")
         lines.append(f"- AuxiNash − {name} = {words}, above in {int((difference > 0).sum())} of {n}: {verdict}.")
     return ["AuxiNash against STL, LS and Nash-MTL (paired by seed; test accuracy points):", ""] + lines
 
@@ -283,10 +294,11 @@ def effects_apart(runs: pd.DataFrame) -> str:
     if beyond is None:
         verdict = "fewer than 3 seeds, so no measured order of the two yet"
     elif beyond:
-        verdict = f"beyond seed noise (|mean| > {CALIBRATION_FACTOR:g} × std): a measured order"
+        verdict = f"beyond seed noise (|mean| > {CALIBRATION_FACTOR:g} × std{t_test_words(difference)}): a measured order"
     else:
-        verdict = (f"within seed noise (|mean| ≤ {CALIBRATION_FACTOR:g} × std = {CALIBRATION_FACTOR * std:.2f}): the "
-                   "two help alike as far as 3 seeds tell, and the orders below are not a measured ranking")
+        verdict = (f"within seed noise (|mean| ≤ {CALIBRATION_FACTOR:g} × std = {CALIBRATION_FACTOR * std:.2f}"
+                   f"{t_test_words(difference)}): the two help alike as far as 3 seeds tell, and the orders below are "
+                   "not a measured ranking")
     return f"The effects alone, Rotation − Exemplar-MT paired by seed: {words}: {verdict}."
 
 
