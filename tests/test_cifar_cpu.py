@@ -211,3 +211,15 @@ def test_question_and_learned_weights_against_each_auxiliary_alone(tmp_path):
     written = cifar_cpu.make_all(results)
     assert os.path.join(results, "figures", "cifar10_ssl_cpu_weights.png") in written
     assert "AuxiNash − Nash-MTL = +1.50" in open(os.path.join(results, "tables", "cifar10_ssl_cpu.md")).read()
+
+
+def test_spearman_waits_for_the_nine_and_says_when_seeds_are_unequal():
+    labels = ["STL", "LS", "PCGrad", "CAGrad", "Nash-MTL", "GCS", "OL-AUX", "AuxiLearn", "AuxiNash"]
+    # a hand-made paper column whose order is the labels' order: ranks 1..9
+    paper = {label: (80.0 + i, 0.1) for i, label in enumerate(labels)}
+    same = pd.DataFrame({"configuration": labels, "mean": [40.0 + i for i in range(9)], "seeds": [3] * 9})
+    assert cifar_cpu.spearman_line(same, paper).endswith(": +1.00.")  # identical orders: ρ = 1 exactly
+    reversed_ = same.assign(mean=same["mean"][::-1].to_numpy(), seeds=[3] * 7 + [1, 1])
+    line = cifar_cpu.spearman_line(reversed_, paper)
+    assert ": -1.00, provisional" in line and "(AuxiLearn, AuxiNash with fewer than 3)" in line
+    assert "(8 of 9 now)" in cifar_cpu.spearman_line(same.iloc[1:], paper)

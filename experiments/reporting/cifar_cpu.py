@@ -15,7 +15,7 @@ below is computed within one protocol, never across. Writes
   seeds, the paired (same seed, hence the same labelled subset) difference to STL and to LS (Equal with both), the
   rank of the mean, and the paper's 5K-label column beside the paper's nine methods (labelled as the paper's); the
   Spearman correlation of our ranking of the paper's nine methods with the paper's, once all nine have finished
-  runs; the calibration's verdict: the protocol is kept when Equal with both auxiliaries beats STL by more than
+  runs (called provisional while their numbers of seeds differ); the calibration's verdict: the protocol is kept when Equal with both auxiliaries beats STL by more than
   twice the std of the paired differences; the question, AuxiNash against STL, LS and Nash-MTL paired by seed,
   "beyond seed noise" by the same criterion (with the paired t-test's two-sided p beside it); and per run of AuxiNash
   and of each other auxiliary-learning method, its learned weight of each auxiliary beside the same seed's effect of
@@ -353,15 +353,25 @@ def protocol_section(results: str, runs: pd.DataFrame, paper: dict) -> List[str]
     nine = table[table.configuration.isin([METHODS[m].label for m in paper_methods()])
                  & table.method.isin(paper_methods())]
     nine = nine[nine.configuration.isin(paper)]
-    if len(nine) == len(paper_methods()):
-        rho = spearman(nine["mean"].reset_index(drop=True),
-                       pd.Series([paper[c][0] for c in nine.configuration]))
-        lines += ["", f"Spearman correlation of our ranking of the paper's nine methods with the paper's (5K labels): "
-                      f"{rho:+.2f}."]
-    else:
-        lines += ["", f"Spearman correlation with the paper's ranking: once all nine of the paper's methods have "
-                      f"finished runs ({len(nine)} of {len(paper_methods())} now)."]
-    return lines
+    return lines + ["", spearman_line(nine, paper)]
+
+
+def spearman_line(nine: pd.DataFrame, paper: dict) -> str:
+    """The sentence on the Spearman correlation of our ranking of the paper's nine methods (rows of ``summary``:
+    ``configuration``, ``mean``, ``seeds``) with the paper's Table 4 at 5K labels (``paper``: label → (mean, std)).
+    Waits until each of the nine has a finished run; while they have unequal numbers of seeds the value is given
+    as provisional, naming the rows with fewer seeds, since it compares means over different seeds."""
+    if len(nine) < len(paper_methods()):
+        return (f"Spearman correlation with the paper's ranking: once all nine of the paper's methods have "
+                f"finished runs ({len(nine)} of {len(paper_methods())} now).")
+    rho = spearman(nine["mean"].reset_index(drop=True), pd.Series([paper[c][0] for c in nine.configuration]))
+    line = f"Spearman correlation of our ranking of the paper's nine methods with the paper's (5K labels): {rho:+.2f}"
+    most = int(nine.seeds.max())
+    fewer = nine[nine.seeds < most]
+    if len(fewer):
+        line += (f", provisional: it compares means over unequal numbers of seeds ({', '.join(fewer.configuration)}"
+                 f" with fewer than {most}); it changes as their seeds finish")
+    return line + "."
 
 
 def protocol_heading(label: str) -> str:
