@@ -16,8 +16,9 @@ below is computed within one protocol, never across. Writes
   rank of the mean, and the paper's 5K-label column beside the paper's nine methods (labelled as the paper's); the
   Spearman correlation of our ranking of the paper's nine methods with the paper's, once all nine have finished
   runs (called provisional while their numbers of seeds differ); the calibration's verdict: the protocol is kept
-  when Equal with both auxiliaries beats STL by more than twice the std of the paired differences; the question, AuxiNash against STL, LS and Nash-MTL paired by seed,
-  "beyond seed noise" by the same criterion (with the paired t-test's two-sided p beside it); and per run of AuxiNash
+  when Equal with both auxiliaries beats STL by more than twice the std of the paired differences; the question,
+  AuxiNash against STL, LS and Nash-MTL paired by seed, "beyond seed noise" by the same criterion (with the paired
+  t-test's two-sided p beside it); and per run of AuxiNash
   and of each other auxiliary-learning method, its learned weight of each auxiliary beside the same seed's effect of
   that auxiliary alone, and in how many seeds the two order the auxiliaries alike;
 - ``figures/cifar10_ssl_cpu_weights.png``, for the newest protocol with such runs: each auxiliary's effect alone
