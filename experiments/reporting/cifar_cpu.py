@@ -18,9 +18,9 @@ below is computed within one protocol, never across. Writes
   runs (called provisional while their numbers of seeds differ); the calibration's verdict: the protocol is kept
   when Equal with both auxiliaries beats STL by more than twice the std of the paired differences; the question,
   AuxiNash against STL, LS and Nash-MTL paired by seed, "beyond seed noise" by the same criterion (with the paired
-  t-test's two-sided p beside it); and per run of AuxiNash
-  and of each other auxiliary-learning method, its learned weight of each auxiliary beside the same seed's effect of
-  that auxiliary alone, and in how many seeds the two order the auxiliaries alike;
+  t-test's two-sided p beside it); and per run of AuxiNash and of each other auxiliary-learning method, its learned
+  weight of each auxiliary beside the same seed's effect of that auxiliary alone, and in how many seeds the two
+  order the auxiliaries alike;
 - ``figures/cifar10_ssl_cpu_weights.png``, for the newest protocol with such runs: each auxiliary's effect alone
   (every seed), AuxiNash's bargaining power p per task over training (every seed), and the mean weight per
   evaluation block that each other auxiliary-learning method gives each auxiliary, divided by the main task's.
