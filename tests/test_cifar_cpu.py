@@ -218,7 +218,19 @@ def test_spearman_waits_for_the_nine_and_says_when_seeds_are_unequal():
     # a hand-made paper column whose order is the labels' order: ranks 1..9
     paper = {label: (80.0 + i, 0.1) for i, label in enumerate(labels)}
     same = pd.DataFrame({"configuration": labels, "mean": [40.0 + i for i in range(9)], "seeds": [3] * 9})
-    assert cifar_cpu.spearman_line(same, paper).endswith(": +1.00.")  # identical orders: ρ = 1 exactly
+    best_first = " > ".join(labels[::-1])
+    assert cifar_cpu.spearman_line(same, paper).endswith(  # identical orders: ρ = 1 exactly
+        f": +1.00. Ours, best first: {best_first}; the paper's: {best_first}.")
+    # per seed, by hand: seed 0 has the paper's order (ρ = 1); seed 1 puts STL (41.5) above LS (41.0), one adjacent
+    # swap: Σd² = 2, ρ = 1 − 6·2 / (9·(81 − 1)) = 1 − 12/720 = 0.9833; the means (STL 40.75 < LS 41.0) keep the order
+    runs = pd.DataFrame([{"configuration": c, "seed": seed, "test": 40.0 + i + (1.5 if (seed, c) == (1, "STL") else 0)}
+                         for seed in (0, 1) for i, c in enumerate(labels)])
+    means = runs.groupby("configuration", sort=False).test.mean()
+    two = pd.DataFrame({"configuration": labels, "mean": means[labels].to_numpy(), "seeds": [2] * 9})
+    assert cifar_cpu.spearman_line(two, paper, runs) == (
+        "Spearman correlation of our ranking of the paper's nine methods with the paper's (5K labels): +1.00; each "
+        "seed's own ranking against the paper's: seed 0 +1.00, seed 1 +0.98 (the spread that seed noise alone "
+        f"gives). Ours, best first: {best_first}; the paper's: {best_first}.")
     reversed_ = same.assign(mean=same["mean"][::-1].to_numpy(), seeds=[3] * 7 + [1, 1])
     line = cifar_cpu.spearman_line(reversed_, paper)
     assert ": -1.00, provisional" in line and "(AuxiLearn, AuxiNash with fewer than 3)" in line

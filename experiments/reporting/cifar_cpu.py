@@ -354,14 +354,16 @@ def protocol_section(results: str, runs: pd.DataFrame, paper: dict) -> List[str]
     nine = table[table.configuration.isin([METHODS[m].label for m in paper_methods()])
                  & table.method.isin(paper_methods())]
     nine = nine[nine.configuration.isin(paper)]
-    return lines + ["", spearman_line(nine, paper)]
+    return lines + ["", spearman_line(nine, paper, runs)]
 
 
-def spearman_line(nine: pd.DataFrame, paper: dict) -> str:
+def spearman_line(nine: pd.DataFrame, paper: dict, runs: Optional[pd.DataFrame] = None) -> str:
     """The sentence on the Spearman correlation of our ranking of the paper's nine methods (rows of ``summary``:
     ``configuration``, ``mean``, ``seeds``) with the paper's Table 4 at 5K labels (``paper``: label → (mean, std)).
     Waits until each of the nine has a finished run; while they have unequal numbers of seeds the value is given
-    as provisional, naming the rows with fewer seeds, since it compares means over different seeds."""
+    as provisional, naming the rows with fewer seeds, since it compares means over different seeds. Once they have
+    equal seeds it also gives, from ``runs`` (rows ``configuration``, ``seed``, ``test``), the correlation of each
+    seed's own ranking with the paper's (how far seed noise alone moves it) and both orders, best first."""
     if len(nine) < len(paper_methods()):
         return (f"Spearman correlation with the paper's ranking: once all nine of the paper's methods have "
                 f"finished runs ({len(nine)} of {len(paper_methods())} now).")
@@ -370,9 +372,20 @@ def spearman_line(nine: pd.DataFrame, paper: dict) -> str:
     most = int(nine.seeds.max())
     fewer = nine[nine.seeds < most]
     if len(fewer):
-        line += (f", provisional: it compares means over unequal numbers of seeds ({', '.join(fewer.configuration)}"
-                 f" with fewer than {most}); it changes as their seeds finish")
-    return line + "."
+        return line + (f", provisional: it compares means over unequal numbers of seeds ({', '.join(fewer.configuration)}"
+                       f" with fewer than {most}); it changes as their seeds finish.")
+    if runs is not None:
+        mine = runs[runs.configuration.isin(nine.configuration)]
+        by_seed = mine.pivot_table(index="seed", columns="configuration", values="test").dropna()
+        if len(by_seed) > 1:
+            per_seed = [spearman(row[nine.configuration].reset_index(drop=True),
+                                 pd.Series([paper[c][0] for c in nine.configuration])) for _, row in by_seed.iterrows()]
+            line += ("; each seed's own ranking against the paper's: "
+                     + ", ".join(f"seed {seed} {value:+.2f}" for seed, value in zip(by_seed.index, per_seed))
+                     + " (the spread that seed noise alone gives)")
+    ours = " > ".join(nine.sort_values("mean", ascending=False, kind="stable").configuration)
+    theirs = " > ".join(sorted(nine.configuration, key=lambda c: -paper[c][0]))
+    return line + f". Ours, best first: {ours}; the paper's: {theirs}."
 
 
 def protocol_heading(label: str) -> str:
