@@ -235,3 +235,15 @@ def test_spearman_waits_for_the_nine_and_says_when_seeds_are_unequal():
     line = cifar_cpu.spearman_line(reversed_, paper)
     assert ": -1.00, provisional" in line and "(AuxiLearn, AuxiNash with fewer than 3)" in line
     assert "(8 of 9 now)" in cifar_cpu.spearman_line(same.iloc[1:], paper)
+
+
+def test_ranking_figure_waits_for_the_nine(tmp_path):
+    from methods import METHODS
+    names = list(paper_methods())
+    runs = pd.DataFrame([{"protocol": "protocol 2", "configuration": METHODS[m].label, "method": m, "seed": seed,
+                          "test": 40.0 + i + seed, "hours": 0.1} for i, m in enumerate(names) for seed in (0, 1)])
+    assert cifar_cpu.paper_column()  # the paper's column ships with the repository (results/paper/cifar10_ssl.csv)
+    results = str(tmp_path)
+    assert cifar_cpu.draw_ranking(results, runs[runs.method != names[-1]]) == []  # eight of nine: nothing drawn
+    assert cifar_cpu.draw_ranking(results, runs) == [os.path.join(results, "figures", "cifar10_ssl_cpu_ranking.png")]
+    assert os.path.getsize(os.path.join(results, "figures", "cifar10_ssl_cpu_ranking.png")) > 0

@@ -351,10 +351,7 @@ def protocol_section(results: str, runs: pd.DataFrame, paper: dict) -> List[str]
     lines += ["", calibration(table), ""] + question(runs)
     weights = weights_section(results, runs)
     lines += [""] + weights if weights else []
-    nine = table[table.configuration.isin([METHODS[m].label for m in paper_methods()])
-                 & table.method.isin(paper_methods())]
-    nine = nine[nine.configuration.isin(paper)]
-    return lines + ["", spearman_line(nine, paper, runs)]
+    return lines + ["", spearman_line(paper_nine(table, paper), paper, runs)]
 
 
 def spearman_line(nine: pd.DataFrame, paper: dict, runs: Optional[pd.DataFrame] = None) -> str:
@@ -496,11 +493,58 @@ def draw_figure(results: str, runs: Optional[pd.DataFrame] = None, include_unfin
     return [path]
 
 
+def paper_nine(table: pd.DataFrame, paper: dict) -> pd.DataFrame:
+    """The rows of ``summary`` for the paper's nine methods that the paper's column prints (not the new methods, not
+    Equal with one auxiliary)."""
+    nine = table[table.configuration.isin([METHODS[m].label for m in paper_methods()])
+                 & table.method.isin(paper_methods())]
+    return nine[nine.configuration.isin(paper)]
+
+
+def draw_ranking(results: str, runs: pd.DataFrame) -> List[str]:
+    """Our test accuracy of the paper's nine methods (newest protocol; every seed a dot, the mean a bar of ± std)
+    against the paper's Table 4 at 5K labels (its ± as the horizontal bar), with the Spearman correlation in the
+    title. Drawn once each of the nine has a finished run; the levels differ by design (the preset is CPU scale),
+    the order is what to compare."""
+    paper = paper_column()
+    if runs.empty or not paper:
+        return []
+    protocol = sorted(set(runs.protocol), key=protocol_order)[0]
+    runs = runs[runs.protocol == protocol]
+    nine = paper_nine(summary(runs), paper)
+    if len(nine) < len(paper_methods()):
+        return []
+    rho = spearman(nine["mean"].reset_index(drop=True), pd.Series([paper[c][0] for c in nine.configuration]))
+    unequal = nine.seeds.nunique() > 1
+    figure, axis = plt.subplots(figsize=(6.4, 4.8))
+    for row in nine.itertuples():
+        x, x_err = paper[row.configuration]
+        seeds = runs[runs.configuration == row.configuration].test
+        axis.scatter([x] * len(seeds), seeds, color="grey", s=12, zorder=2)
+        axis.errorbar(x, row.mean, xerr=x_err, yerr=0.0 if np.isnan(row.std) else row.std, fmt="o",
+                      color="tab:red" if row.method == "auxinash" else "tab:blue", capsize=3, zorder=3)
+        axis.annotate(f"{row.configuration} ({row.seeds})", (x, row.mean), textcoords="offset points",
+                      xytext=(5, 4), fontsize=8)
+    axis.set_xlabel("the paper's Table 4, 5K labels: test accuracy (%)")
+    axis.set_ylabel(f"ours, {protocol}: test accuracy (%)")
+    axis.set_title(f"Semi-supervised CIFAR-10, CPU preset: the paper's nine methods\nSpearman ρ = {rho:+.2f}"
+                   + (" (provisional: unequal seeds, in brackets)" if unequal else " (seeds in brackets)")
+                   + "; grey dots: single seeds", fontsize=9)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path = os.path.join(results, "figures", "cifar10_ssl_cpu_ranking.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_figure(figure, path, dpi=150)
+    plt.close(figure)
+    return [path]
+
+
 def make_all(results: str = "results", include_unfinished: bool = False) -> List[str]:
     runs = collect_runs(results, not include_unfinished)
     if runs.empty:
         return []
-    return write_table(results, runs, include_unfinished) + draw_figure(results, runs, include_unfinished)
+    return (write_table(results, runs, include_unfinished) + draw_figure(results, runs, include_unfinished)
+            + draw_ranking(results, runs))
 
 
 def main(argv=None) -> int:
