@@ -419,6 +419,16 @@ def write_table(results: str, runs: Optional[pd.DataFrame] = None, include_unfin
     return [path, os.path.join(out, "cifar10_ssl_cpu.csv")]
 
 
+def write_figure(figure, results: str, name: str) -> str:
+    """``figure`` laid out, written to ``<results>/figures/<name>`` (150 dpi) and closed; returns its path."""
+    figure.tight_layout()
+    path = os.path.join(results, "figures", name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_figure(figure, path, dpi=150)
+    plt.close(figure)
+    return path
+
+
 def draw_effects_alone(axis, runs: pd.DataFrame) -> None:
     """Each auxiliary's effect alone (Equal with that auxiliary only − the same seed's STL, test accuracy points):
     one dot per seed, a bar at the mean."""
@@ -485,12 +495,7 @@ def draw_figure(results: str, runs: Optional[pd.DataFrame] = None, include_unfin
         axis.legend(fontsize=7)
     figure.suptitle(f"Semi-supervised CIFAR-10, CPU preset ({protocol}): task weights over training, every seed\n"
                     "(alone: Equal with that auxiliary only − STL, test accuracy points)", fontsize=9)
-    figure.tight_layout()
-    path = os.path.join(results, "figures", "cifar10_ssl_cpu_weights.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_figure(figure, path, dpi=150)
-    plt.close(figure)
-    return [path]
+    return [write_figure(figure, results, "cifar10_ssl_cpu_weights.png")]
 
 
 def paper_nine(table: pd.DataFrame, paper: dict) -> pd.DataFrame:
@@ -531,12 +536,7 @@ def draw_ranking(results: str, runs: pd.DataFrame) -> List[str]:
                    + (" (provisional: unequal seeds, in brackets)" if unequal else " (seeds in brackets)")
                    + "; grey dots: single seeds", fontsize=9)
     axis.grid(alpha=0.3)
-    figure.tight_layout()
-    path = os.path.join(results, "figures", "cifar10_ssl_cpu_ranking.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_figure(figure, path, dpi=150)
-    plt.close(figure)
-    return [path]
+    return [write_figure(figure, results, "cifar10_ssl_cpu_ranking.png")]
 
 
 def make_all(results: str = "results", include_unfinished: bool = False) -> List[str]:
