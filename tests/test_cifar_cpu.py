@@ -176,6 +176,9 @@ def test_question_and_learned_weights_against_each_auxiliary_alone(tmp_path):
            f"seed noise (|mean| > 2 × std = 1.00; paired t-test p = {p_two_sided(t_nash):.3f})" in lines
     assert f"{p_two_sided(t_nash):.3f}" == "0.035"
     assert "2 × std = 0.00)" in lines  # − LS: no spread, t undefined, so no t-test words
+    # every other method too: OL-AUX has seed 0 only (AuxiNash 55 − OL-AUX 50)
+    assert lines.endswith("\n- AuxiNash − OL-AUX = +5.00 ± – points over 1 seed(s) (+5.00), above in 1 of 1: fewer than "
+                          "3 seeds, no verdict yet.")
     table = cifar_cpu.weights_against_effects(results, runs).set_index(["method", "seed"])
     assert table.loc[("auxinash", 0)].weight_rot == pytest.approx(1.05, abs=1e-12)  # (1.0 + 1.1) / 2, rounding only
     assert table.loc[("auxinash", 1)].weight_exemplar == pytest.approx(1.2, abs=1e-12)
